@@ -1,0 +1,1 @@
+"""The controller: JetStream events in, KServe InferenceServices out, status events back."""

@@ -1,0 +1,435 @@
+"""The template schema: `ModelTemplate` and its immutable `ModelTemplateVersion`.
+
+Everything here is pure (no I/O). The same models validate catalog YAML files,
+the data of `template.version.published` events and the CLI's input, so a bad
+document is refused with the same field-named error wherever it enters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from templates.naming import DNS1123_LABEL_RE, is_dns1123_label, k8s_name
+
+API_VERSION = "modelplane.ai/v1alpha1"
+DEFAULT_KEEP_HOT = "10m"
+ALWAYS_HOT_PRIORITY = 2
+
+# Kubernetes resource quantities, e.g. "4", "500m", "24Gi", "1.5".
+QUANTITY_RE = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+LABEL_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+SOURCE_SCHEMES = ("hf", "s3", "gs", "pvc", "oci")
+HF_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# Flags that the runtime or the rendered InferenceService own, or that have a
+# first-class field here: `vllm_args` may not set them (security and single
+# source of truth; see docs/security.md).
+RESERVED_VLLM_ARGS = frozenset(
+    {
+        "model",
+        "host",
+        "port",
+        "served_model_name",
+        "api_key",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "distributed_executor_backend",
+        "trust_remote_code",
+        "download_dir",
+        "allowed_local_media_path",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_ca_certs",
+        "root_path",
+        "chat_template",
+        "max_model_len",
+        "dtype",
+        "quantization",
+        "gpu_memory_utilization",
+        "max_num_seqs",
+        "enforce_eager",
+        "middleware",
+        "tokenizer",
+        "hf_token",
+    }
+)
+VLLM_ARG_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+DnsLabel = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+
+
+class TemplateValidationError(ValueError):
+    """A template document is invalid. `errors` lists (field path, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]], source: str = "template") -> None:
+        self.errors = errors
+        self.source = source
+        lines = "; ".join(f"{loc or '<root>'}: {msg}" for loc, msg in errors)
+        super().__init__(f"invalid {source}: {lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def _check_dns_label(value: str, what: str) -> str:
+    if not is_dns1123_label(value):
+        raise ValueError(
+            f"{what} {value!r} is not a valid Kubernetes name (DNS-1123 label: lower-case "
+            "letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
+        )
+    return value
+
+
+def _check_quantity(value: str | int | float | None) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    if not QUANTITY_RE.match(text):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. '4', '500m', '24Gi')")
+    return text
+
+
+def duration_seconds(value: str) -> int:
+    """Seconds in a duration such as '10m', '1h30m', '45s' (validated forms only)."""
+    match = DURATION_RE.match(value)
+    if not match or not value:
+        raise ValueError(f"{value!r} is not a duration like '10m', '1h30m' or '45s'")
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+class SecretRef(_Strict):
+    """A reference to a Kubernetes Secret key. Secret values never travel in events."""
+
+    name: DnsLabel
+    key: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)] = "HF_TOKEN"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_dns_label(v, "secret name")
+
+
+class EngineSettings(_Strict):
+    """Allow-listed vLLM engine arguments, plus a checked pass-through mapping."""
+
+    max_model_len: int | None = Field(default=None, gt=0, le=10_000_000)
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
+    quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "bitsandbytes", "compressed-tensors"] | None = None
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_num_seqs: int | None = Field(default=None, gt=0, le=65_536)
+    enforce_eager: bool = False
+    trust_remote_code: bool = False
+    enable_prefix_caching: bool | None = None
+    vllm_args: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("vllm_args")
+    @classmethod
+    def _vllm_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            normalised = key.replace("-", "_")
+            if not VLLM_ARG_KEY_RE.match(normalised):
+                raise ValueError(f"vllm_args key {key!r} must be a flag name like 'max_num_batched_tokens'")
+            if normalised in RESERVED_VLLM_ARGS:
+                raise ValueError(
+                    f"vllm_args key {key!r} is reserved: set it through its own field or leave it to the runtime"
+                )
+        return v
+
+
+class SamplingDefaults(_Strict):
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+
+class GenerationDefaults(_Strict):
+    """Defaults the runtime applies when a request leaves them out."""
+
+    chat_template: str | None = Field(default=None, max_length=65_536)
+    prompt_format: str | None = Field(default=None, max_length=8_192)
+    stop: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=16)
+    sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _prompt_format(cls, v: str | None) -> str | None:
+        if v is not None and "{instruction}" not in v:
+            raise ValueError("prompt_format must contain the placeholder '{instruction}'")
+        return v
+
+
+class Resources(_Strict):
+    """Resources of one pod (one node of a multi-node service)."""
+
+    gpus: int = Field(default=0, ge=0, le=16)
+    gpu_type: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$", max_length=63)] | None = None
+    cpu: str = "4"
+    memory: str = "16Gi"
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> Any:
+        if isinstance(v, (str, int, float)) and not isinstance(v, bool):
+            return _check_quantity(v)
+        raise ValueError("must be a Kubernetes quantity string such as '4' or '24Gi'")
+
+    @model_validator(mode="after")
+    def _gpu_type_needs_gpus(self) -> Resources:
+        if self.gpu_type and self.gpus == 0:
+            raise ValueError("gpu_type is set but gpus is 0")
+        return self
+
+
+class Parallelism(_Strict):
+    tensor: int = Field(default=1, ge=1, le=16)
+    pipeline: int = Field(default=1, ge=1, le=16)
+    nodes: int = Field(default=1, ge=1, le=16)
+
+
+class Scaling(_Strict):
+    min_replicas: int = Field(default=0, ge=0, le=100)
+    max_replicas: int = Field(default=1, ge=1, le=100)
+    target_concurrency: int = Field(default=8, ge=1, le=10_000)
+    keep_hot: str = DEFAULT_KEEP_HOT
+    priority: int = Field(default=0, ge=0, le=10)
+
+    @field_validator("keep_hot")
+    @classmethod
+    def _keep_hot(cls, v: str) -> str:
+        if duration_seconds(v) > 24 * 3600:
+            raise ValueError("keep_hot may be at most 24h")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+    @property
+    def always_hot(self) -> bool:
+        return self.priority >= ALWAYS_HOT_PRIORITY
+
+    @property
+    def keep_hot_seconds(self) -> int:
+        return duration_seconds(self.keep_hot)
+
+
+class Storage(_Strict):
+    cache_pvc: DnsLabel | None = None
+    hf_token_secret: SecretRef | None = None
+
+    @field_validator("cache_pvc")
+    @classmethod
+    def _pvc(cls, v: str | None) -> str | None:
+        return None if v is None else _check_dns_label(v, "cache_pvc")
+
+
+def source_scheme(source: str) -> str:
+    """'hf', 's3', 'gs', 'pvc', 'oci' or 'local' for a validated model source."""
+    if "://" in source:
+        return source.split("://", 1)[0]
+    return "local"
+
+
+class VersionSpec(_Strict):
+    """Everything needed to serve one immutable version of a template."""
+
+    source: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    served_model_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", max_length=128)] | None = None
+    task: Literal["generate", "embed"] = "generate"
+    model_size_gb: float | None = Field(default=None, gt=0, le=4096)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    resources: Resources = Field(default_factory=Resources)
+    parallelism: Parallelism = Field(default_factory=Parallelism)
+    scaling: Scaling = Field(default_factory=Scaling)
+    storage: Storage = Field(default_factory=Storage)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if any(c.isspace() for c in v) or "\x00" in v:
+            raise ValueError("source may not contain whitespace")
+        if "://" in v:
+            scheme, rest = v.split("://", 1)
+            if scheme not in SOURCE_SCHEMES:
+                raise ValueError(f"source scheme {scheme!r} is not one of {', '.join(SOURCE_SCHEMES)} (or a local path)")
+            if not rest:
+                raise ValueError("source has no location after the scheme")
+            if scheme == "hf" and not HF_ID_RE.match(rest):
+                raise ValueError(f"hf source {rest!r} must be a Hugging Face ID 'org/model'")
+            if scheme == "pvc":
+                claim = rest.split("/", 1)[0]
+                _check_dns_label(claim, "pvc claim")
+            if ".." in rest.split("/"):
+                raise ValueError("source may not contain '..'")
+        elif not v.startswith("/"):
+            raise ValueError("source must be hf://org/model, s3://…, gs://…, pvc://claim/path, oci://… or an absolute local path")
+        elif ".." in v.split("/"):
+            raise ValueError("source may not contain '..'")
+        return v
+
+    @model_validator(mode="after")
+    def _arithmetic(self) -> VersionSpec:
+        par, res = self.parallelism, self.resources
+        if res.gpus == 0:
+            if par.tensor * par.pipeline != 1 or par.nodes != 1:
+                raise ValueError("parallelism: a CPU-only spec (resources.gpus = 0) needs tensor = pipeline = nodes = 1")
+            if self.engine.quantization in {"awq", "awq_marlin", "gptq", "gptq_marlin", "fp8"}:
+                raise ValueError(f"engine.quantization {self.engine.quantization!r} needs GPUs (resources.gpus = 0)")
+        elif par.tensor * par.pipeline != res.gpus * par.nodes:
+            raise ValueError(
+                f"parallelism: tensor ({par.tensor}) x pipeline ({par.pipeline}) = {par.tensor * par.pipeline} "
+                f"must equal resources.gpus ({res.gpus}) x parallelism.nodes ({par.nodes}) = {res.gpus * par.nodes}"
+            )
+        if par.nodes > 1 and source_scheme(self.source) not in {"pvc", "oci"}:
+            raise ValueError("multi-node serving (parallelism.nodes > 1) needs a pvc:// or oci:// source (KServe multi-node)")
+        if self.task == "embed" and (self.generation.chat_template or self.generation.prompt_format or self.generation.stop):
+            raise ValueError("generation defaults do not apply to an embedding template (task = 'embed')")
+        return self
+
+    @property
+    def source_scheme(self) -> str:
+        return source_scheme(self.source)
+
+    @property
+    def total_gpus(self) -> int:
+        return self.resources.gpus * self.parallelism.nodes
+
+
+class ModelTemplate(_Strict):
+    name: DnsLabel
+    description: Annotated[str, StringConstraints(max_length=2048)] = ""
+    labels: dict[str, Annotated[str, StringConstraints(max_length=63)]] = Field(default_factory=dict, max_length=32)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_dns_label(v, "template name")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            prefix, _, name = key.rpartition("/")
+            if prefix and (len(prefix) > 253 or not all(DNS1123_LABEL_RE.match(p) for p in prefix.split("."))):
+                raise ValueError(f"label key {key!r} has an invalid prefix")
+            if not name or len(name) > 63 or not LABEL_KEY_NAME_RE.match(name):
+                raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+            if prefix.endswith("modelplane.ai") or prefix.startswith("kubernetes.io") or prefix.endswith(".kubernetes.io"):
+                raise ValueError(f"label key {key!r} uses a reserved prefix")
+            if not LABEL_VALUE_RE.match(value):
+                raise ValueError(f"label value {value!r} for {key!r} is not a valid Kubernetes label value")
+        return v
+
+
+class ModelTemplateVersion(_Strict):
+    """One immutable version of a template: the unit that is published and served."""
+
+    api_version: Literal["modelplane.ai/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["ModelTemplateVersion"] = "ModelTemplateVersion"
+    template: ModelTemplate
+    version: int = Field(ge=1, le=1_000_000)
+    spec: VersionSpec
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=True)
+
+    @property
+    def name(self) -> str:
+        return self.template.name
+
+    @property
+    def ref(self) -> str:
+        return f"{self.template.name}@{self.version}"
+
+    @property
+    def served_model_name(self) -> str:
+        return self.spec.served_model_name or self.template.name
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self)
+
+    def to_document(self) -> dict[str, Any]:
+        """The canonical YAML/JSON document (what catalog files and events carry)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+
+
+def content_hash(version: ModelTemplateVersion) -> str:
+    """sha256 over the canonical JSON of template metadata, version number and spec."""
+    body = version.model_dump(mode="json", include={"template", "version", "spec"})
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def errors_from(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) pairs from a pydantic error, for humans and dead letters."""
+    out = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        out.append((_location(err["loc"]), msg))
+    return out
+
+
+def parse_version(document: Any, source: str = "template") -> ModelTemplateVersion:
+    """Validate a template-version document. Raises only `TemplateValidationError`."""
+    if not isinstance(document, dict):
+        raise TemplateValidationError([("", f"expected a mapping, got {type(document).__name__}")], source)
+    try:
+        return ModelTemplateVersion.model_validate(document)
+    except ValidationError as exc:
+        raise TemplateValidationError(errors_from(exc), source) from None
+    except (TypeError, ValueError, RecursionError) as exc:  # pragma: no cover - defensive
+        raise TemplateValidationError([("", str(exc))], source) from None
+
+
+__all__ = [
+    "API_VERSION",
+    "ALWAYS_HOT_PRIORITY",
+    "EngineSettings",
+    "GenerationDefaults",
+    "ModelTemplate",
+    "ModelTemplateVersion",
+    "Parallelism",
+    "Resources",
+    "SamplingDefaults",
+    "Scaling",
+    "SecretRef",
+    "Storage",
+    "TemplateValidationError",
+    "VersionSpec",
+    "content_hash",
+    "duration_seconds",
+    "errors_from",
+    "k8s_name",
+    "parse_version",
+    "source_scheme",
+]

@@ -1,0 +1,3 @@
+"""Shared fixtures: one real nats-server and one Kubernetes API emulator per test module."""
+
+pytest_plugins = ["tests.fixtures.nats", "tests.fixtures.kube"]
