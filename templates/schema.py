@@ -385,7 +385,8 @@ def content_hash(version: ModelTemplateVersion) -> str:
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+    # an empty or dotted key would make the path ambiguous: quote it
+    return ".".join(repr(part) if isinstance(part, str) and (not part or "." in part) else str(part) for part in loc)
 
 
 def errors_from(exc: ValidationError) -> list[tuple[str, str]]:

@@ -1,0 +1,96 @@
+"""HF-ID sanitisation, the built-in catalog and the immutable version registry."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from templates.catalog import CATALOG_DIR, load_catalog, load_file, registry_of, to_yaml
+from templates.from_hf import parameters_billions, template_from_hf
+from templates.naming import is_dns1123_label, k8s_name
+from templates.registry import AddOutcome, ImmutableVersionError, VersionRegistry
+from templates.schema import TemplateValidationError, parse_version
+
+REQUIRED = {
+    "mistral-7b-instruct-v0-2",
+    "llama-3-1-8b-instruct",
+    "llama-2-7b-chat",
+    "falcon-7b-instruct",
+    "gemma-7b-it",
+    "qwen2-5-7b-instruct",
+    "tiny-demo",
+}
+
+
+def test_hf_ids_become_kubernetes_names() -> None:
+    assert k8s_name("google/gemma-7b") == "google--gemma-7b"
+    assert k8s_name("mistralai/Mistral-7B-Instruct-v0.2") == "mistralai--mistral-7b-instruct-v0-2"
+    long_id = "org/" + "very-long-model-name-" * 6
+    name = k8s_name(long_id)
+    assert len(name) == 63 and is_dns1123_label(name)
+    assert name == k8s_name(long_id), "stable across runs"
+    assert k8s_name(long_id + "x") != name, "the hash suffix keeps cut names distinct"
+
+
+@given(st.text(max_size=200))
+def test_any_text_gives_a_valid_stable_name(text: str) -> None:
+    name = k8s_name(text)
+    assert is_dns1123_label(name)
+    assert name == k8s_name(text)
+
+
+def test_catalog_has_the_required_templates_and_each_validates() -> None:
+    versions = load_catalog()
+    names = {v.name for v in versions}
+    assert names >= REQUIRED
+    assert any(v.spec.total_gpus >= 2 for v in versions), "a multi-GPU template"
+    assert any(v.spec.parallelism.nodes > 1 for v in versions), "a multi-node template"
+    assert any(v.spec.engine.quantization for v in versions), "a quantised template"
+    assert any(v.spec.task == "embed" for v in versions), "an embedding template"
+    for path in CATALOG_DIR.glob("*.yaml"):
+        assert load_file(path).name == path.stem, "file name matches template name"
+
+
+@pytest.mark.parametrize("version", load_catalog(), ids=lambda v: v.name)
+def test_catalog_resource_arithmetic(version) -> None:  # type: ignore[no-untyped-def]
+    spec = version.spec
+    par = spec.parallelism
+    assert par.tensor * par.pipeline == max(spec.resources.gpus, 1) * par.nodes
+    if spec.resources.gpus:
+        assert spec.resources.gpu_type, "GPU templates say which GPU"
+        assert spec.model_size_gb is not None
+        # weights must fit in the GPUs' memory share (80 GB cards at most in the catalog)
+        assert spec.model_size_gb <= spec.total_gpus * 80 * spec.engine.gpu_memory_utilization
+    else:
+        assert spec.engine.dtype in {"float32", "auto", "bfloat16"}
+    assert spec.scaling.min_replicas <= spec.scaling.max_replicas
+    assert parse_version(version.to_document()).content_hash == version.content_hash
+    assert parse_version(__import__("yaml").safe_load(to_yaml(version))) == version
+
+
+def test_registry_enforces_immutability() -> None:
+    (v1,) = [v for v in load_catalog() if v.name == "tiny-demo"]
+    registry = registry_of([v1])
+    assert registry.add(v1) is AddOutcome.IDENTICAL
+    changed = parse_version(v1.to_document() | {"spec": v1.to_document()["spec"] | {"model_size_gb": 0.02}})
+    with pytest.raises(ImmutableVersionError, match="publish version 2"):
+        registry.add(changed)
+    v2 = parse_version(v1.to_document() | {"version": 2})
+    assert registry.add(v2) is AddOutcome.NEW
+    assert registry.latest("tiny-demo") == v2
+    assert registry.remove("tiny-demo", 2) == v2
+    assert registry.latest("tiny-demo") == v1
+    assert VersionRegistry().latest("missing") is None
+
+
+def test_from_hf_sizes_resources_from_the_id() -> None:
+    assert parameters_billions("google/gemma-7b") == 7.0
+    assert parameters_billions("mistralai/Mixtral-8x7B-Instruct-v0.1") == 56.0
+    assert parameters_billions("Qwen/Qwen2.5-0.5B") == 0.5
+    small = template_from_hf("google/gemma-7b")
+    assert small.name == "google--gemma-7b" and small.spec.resources.gpus == 1
+    big = template_from_hf("meta-llama/Llama-3.1-70B-Instruct")
+    assert big.spec.resources.gpus == 4 and big.spec.parallelism.tensor == 4
+    with pytest.raises(TemplateValidationError):
+        template_from_hf("not-an-id")
