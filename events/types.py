@@ -34,7 +34,7 @@ def _dns(v: str, what: str) -> str:
     return v
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     """The part after the type prefix; also the subject suffix."""
 
     # inbound
@@ -167,7 +167,7 @@ class DeploymentResumed(_DeploymentRef):
 # --------------------------------------------------------------- outbound data
 
 
-class LoadStatus(str, enum.Enum):
+class LoadStatus(enum.StrEnum):
     REQUESTED = "REQUESTED"
     LOADING = "LOADING"
     SUCCEEDED = "SUCCEEDED"

@@ -66,9 +66,9 @@ def template_from_hf(
         "spec": VersionSpec(
             source=f"hf://{hf_id}",
             served_model_name=hf_id,
-            task=task,  # type: ignore[arg-type]
+            task=task,
             model_size_gb=round(weights_gb, 1),
-            engine=EngineSettings(max_model_len=max_model_len if task == "generate" else None, quantization=quantization),  # type: ignore[arg-type]
+            engine=EngineSettings(max_model_len=max_model_len if task == "generate" else None, quantization=quantization),
             resources=Resources(gpus=gpus, gpu_type=gpu_type, cpu=str(max(4, 4 * gpus)), memory=f"{memory_gi}Gi"),
             parallelism=Parallelism(tensor=gpus),
             scaling=Scaling(),

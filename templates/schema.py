@@ -348,7 +348,7 @@ class ModelTemplate(_Strict):
 class ModelTemplateVersion(_Strict):
     """One immutable version of a template: the unit that is published and served."""
 
-    api_version: Literal["modelplane.ai/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["modelplane.ai/v1alpha1"] = Field(default="modelplane.ai/v1alpha1", alias="apiVersion")
     kind: Literal["ModelTemplateVersion"] = "ModelTemplateVersion"
     template: ModelTemplate
     version: int = Field(ge=1, le=1_000_000)
@@ -413,8 +413,8 @@ def parse_version(document: Any, source: str = "template") -> ModelTemplateVersi
 
 
 __all__ = [
-    "API_VERSION",
     "ALWAYS_HOT_PRIORITY",
+    "API_VERSION",
     "EngineSettings",
     "GenerationDefaults",
     "ModelTemplate",

@@ -16,7 +16,7 @@ STOP_ANNOTATION = "serving.kserve.io/stop"
 Object = dict[str, Any]
 
 
-class ApplyAction(str, enum.Enum):
+class ApplyAction(enum.StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"

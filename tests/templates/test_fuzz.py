@@ -17,7 +17,10 @@ json_values = st.recursive(
 )
 FIELDS = {
     "template": ["name", "description", "labels"],
-    "spec": ["source", "served_model_name", "task", "model_size_gb", "engine", "generation", "resources", "parallelism", "scaling", "storage"],
+    "spec": [
+        "source", "served_model_name", "task", "model_size_gb", "engine",
+        "generation", "resources", "parallelism", "scaling", "storage",
+    ],
 }
 
 
