@@ -165,8 +165,21 @@ def main() -> None:
         try:
             controller_log = logs / "controller.log"
             controller = _spawn(
-                [sys.executable, "-m", "controller", "run", "--sink", "dir", "--dir", str(out_dir), "--nats-url", nats.url,
-                 "--no-leader-election", "--metrics-port", "0"],
+                [
+                    sys.executable,
+                    "-m",
+                    "controller",
+                    "run",
+                    "--sink",
+                    "dir",
+                    "--dir",
+                    str(out_dir),
+                    "--nats-url",
+                    nats.url,
+                    "--no-leader-election",
+                    "--metrics-port",
+                    "0",
+                ],
                 controller_log,
             )
             console.print(f"2. controller started with the dir sink → {out_dir} (log {controller_log})")

@@ -1,0 +1,140 @@
+"""Controller configuration: flags and `MODELPLANE_*` environment variables.
+
+`RenderConfig` is everything rendering needs (a plain model with defaults, so golden
+files do not depend on the environment); `ControllerConfig` adds connections, the
+sink, leader election and operations. Nested fields read `MODELPLANE_<FIELD>__<SUB>`,
+e.g. `MODELPLANE_RENDER__RUNTIME=my-runtime`; dict/list fields take JSON.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from events.options import NatsOptions
+from events.types import STREAM_NAME, SUBJECT_ROOT
+from templates.schema import SecretRef
+
+# gpu_type in templates → the node label value NVIDIA's GPU feature discovery sets (nvidia.com/gpu.product)
+DEFAULT_GPU_PRODUCTS: dict[str, str] = {
+    "nvidia-t4": "Tesla-T4",
+    "nvidia-l4": "NVIDIA-L4",
+    "nvidia-l40s": "NVIDIA-L40S",
+    "nvidia-a10g": "NVIDIA-A10G",
+    "nvidia-a100-40gb": "NVIDIA-A100-SXM4-40GB",
+    "nvidia-a100-80gb": "NVIDIA-A100-SXM4-80GB",
+    "nvidia-h100-80gb": "NVIDIA-H100-80GB-HBM3",
+}
+
+
+class Toleration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+
+class ColdStart(BaseModel):
+    """How long a first start may take: image pull and start, model download, load into GPU memory.
+
+    Knative kills a revision that is not ready within its progress deadline (10 min by
+    default), which a big model's first start easily exceeds. The deadline is
+    `safety_factor x (base + size/download + size/load)`, clamped to [floor, cap].
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_s: int = Field(default=180, ge=0)
+    download_gb_per_s: float = Field(default=0.1, gt=0)  # ~800 Mbit/s from the hub or object storage
+    load_gb_per_s: float = Field(default=1.0, gt=0)
+    safety_factor: float = Field(default=1.5, ge=1)
+    default_model_size_gb: float = Field(default=15.0, gt=0)  # when a template does not say
+    floor_s: int = Field(default=600, ge=60)
+    cap_s: int = Field(default=3600, ge=60)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ColdStart:
+        if self.floor_s > self.cap_s:
+            raise ValueError(f"floor_s ({self.floor_s}) exceeds cap_s ({self.cap_s})")
+        return self
+
+    def deadline_seconds(self, model_size_gb: float | None, local_source: bool = False) -> int:
+        size = model_size_gb if model_size_gb is not None else self.default_model_size_gb
+        download = 0.0 if local_source else size / self.download_gb_per_s
+        estimate = self.safety_factor * (self.base_s + download + size / self.load_gb_per_s)
+        return int(min(self.cap_s, max(self.floor_s, round(estimate))))
+
+
+class RenderConfig(BaseModel):
+    """What the cluster looks like to rendered InferenceServices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runtime: str = "modelplane-vllm-ray"
+    multinode_runtime: str = "modelplane-vllm-ray-multinode"
+    model_format: str = "vllm"
+    gpu_resource: str = "nvidia.com/gpu"
+    gpu_node_selector_key: str = "nvidia.com/gpu.product"
+    gpu_products: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_GPU_PRODUCTS))
+    gpu_tolerations: list[Toleration] = Field(default_factory=lambda: [Toleration(key="nvidia.com/gpu")])
+    hf_token_secret: SecretRef | None = None  # used when a template names none
+    model_cache_mount: str = "/mnt/model-cache"
+    request_timeout_s: int = Field(default=600, ge=30, le=3600)  # Knative's default max-revision-timeout is 600 s
+    cold_start: ColdStart = Field(default_factory=ColdStart)
+    template_label_prefix: str = "template.modelplane.ai"
+
+
+class ControllerConfig(BaseSettings):
+    """All settings of `modelplane controller run`; every field is also `MODELPLANE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_", env_nested_delimiter="__", extra="ignore", frozen=True)
+
+    nats: NatsOptions = Field(default_factory=NatsOptions)  # its own MODELPLANE_NATS_* variables (URL, credentials, TLS)
+    stream: str = STREAM_NAME
+    subject_root: str = SUBJECT_ROOT
+    durable: str = "modelplane-controller"
+    source: str = "/modelplane/controller"  # CloudEvents source of the events the controller publishes
+
+    sink: Literal["kube", "dir"] = "kube"
+    dir: Path | None = None  # the GitOps directory of the `dir` sink
+    namespaces: list[str] | None = None  # None: every namespace
+    kubeconfig: Path | None = None  # None: in-cluster, then ~/.kube/config
+
+    render: RenderConfig = Field(default_factory=RenderConfig)
+
+    leader_election: bool = False
+    lease_namespace: str = "modelplane-system"
+    lease_name: str = "modelplane-controller"
+    identity: str = Field(default_factory=socket.gethostname)
+
+    fetch_batch: int = Field(default=1000, ge=1, le=10_000)  # a backlog coalesces into one write per template per batch
+    fetch_timeout_s: float = Field(default=1.0, gt=0)
+    concurrency: int = Field(default=16, ge=1, le=256)  # templates reconciled at the same time
+    ack_wait_s: float = Field(default=60.0, gt=0)
+    retry_backoff_s: float = Field(default=0.5, gt=0)  # first nak delay; doubles per delivery
+    retry_backoff_max_s: float = Field(default=30.0, gt=0)
+    resync_interval_s: float = Field(default=600.0, ge=0)  # 0: never re-list the sink
+
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(default=9090, ge=0, le=65535)  # 0: any free port
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _sink_needs(self) -> ControllerConfig:
+        if self.sink == "dir" and self.dir is None:
+            raise ValueError("the dir sink needs --dir (MODELPLANE_DIR)")
+        return self
+
+    @property
+    def allowed_namespaces(self) -> frozenset[str] | None:
+        return frozenset(self.namespaces) if self.namespaces else None
+
+    def retry_delay(self, deliveries: int) -> float:
+        """Nak delay before the next delivery of a message delivered `deliveries` times."""
+        return float(min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** max(0, deliveries - 1)))

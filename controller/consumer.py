@@ -1,0 +1,332 @@
+"""JetStream in: rebuild the desired state from the stream, then consume new events durably.
+
+Each fetched batch is grouped by template (the subject's template token). Groups run
+concurrently, the events of one group in stream order: every event is decoded and
+reduced into the desired state, then the template is reconciled once for the whole
+group. An event is acknowledged only after its template's objects were written (or
+needed no write); on a transient sink failure it is nak'ed with a growing delay; an
+event that can never succeed is terminated and published as `event.rejected` on the
+dead-letter subject with the reason. Nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from controller.config import ControllerConfig
+from controller.metrics import ControllerMetrics
+from controller.reconciler import Reconciler, ReconcileResult
+from controller.state import Change, DeploymentKey, DesiredState, InboundEvent, Rejected
+from events.codec import EventDecodeError, decode
+from events.types import EventKind, EventRejected, inbound_filter, template_of_subject, template_subject
+from templates.naming import is_dns1123_label
+
+log = logging.getLogger(__name__)
+
+NO_TEMPLATE = "_"  # group of messages whose subject names no template
+REBUILD_BATCH = 2048
+BATCHES_IN_FLIGHT = 2
+
+
+class DeadLetters(Protocol):
+    async def dead_letter(self, data: EventRejected, template: str | None) -> None:
+        """Publish an `event.rejected` and wait until the stream stored it."""
+        ...
+
+
+@dataclass
+class Delivery:
+    """One fetched message and what became of it."""
+
+    msg: Msg
+    sequence: int
+    deliveries: int
+    template: str | None
+    event_type: str | None = None
+    event: InboundEvent | None = None
+    change: Change | None = None
+
+    @property
+    def addressed(self) -> DeploymentKey | None:
+        key = getattr(self.event.data, "key", None) if self.event is not None else None
+        return key if isinstance(key, tuple) else None
+
+
+class InvalidEvent(Exception):
+    def __init__(self, reason: str, event_id: str | None = None, event_type: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.event_id, self.event_type = reason, event_id, event_type
+
+
+def to_inbound(subject: str, headers: Mapping[str, str] | None, payload: bytes, sequence: int, root: str) -> InboundEvent:
+    """Decode and check one inbound message; raises `InvalidEvent` with the reason otherwise."""
+    try:
+        decoded = decode(headers, payload)
+    except EventDecodeError as exc:
+        raise InvalidEvent(exc.reason, exc.event_id, exc.event_type) from None
+    kind: EventKind = decoded.kind
+    if not kind.inbound:
+        raise InvalidEvent(f"{kind.ce_type} is an outbound event type; the controller only consumes inbound ones", decoded.id, kind.ce_type)
+    template = template_of_subject(subject, root)
+    if template is None or subject != template_subject(template, kind, root):
+        raise InvalidEvent(f"{kind.ce_type} does not belong on subject {subject!r}", decoded.id, kind.ce_type)
+    return InboundEvent(
+        kind=kind, data=decoded.data, event_id=decoded.id, sequence=sequence, subject_template=template, content_hash=decoded.content_hash
+    )
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        config: ControllerConfig,
+        state: DesiredState,
+        reconciler: Reconciler,
+        dead_letters: DeadLetters,
+        metrics: ControllerMetrics,
+    ) -> None:
+        self.js = js
+        self.config = config
+        self.state = state
+        self.reconciler = reconciler
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self._filter = inbound_filter(config.subject_root)
+        self._limit = asyncio.Semaphore(config.concurrency)
+        self._template_locks: dict[str, asyncio.Lock] = {}
+
+    # --------------------------------------------------------------- rebuild
+
+    async def rebuild(self) -> int:
+        """Reduce every inbound event after the state's high-water mark, up to the end of the stream.
+
+        Reads with an ephemeral, unacknowledged consumer; returns the number of events read.
+        """
+        started = time.perf_counter()
+        start = self.state.stream_position + 1
+        sub = await self.js.pull_subscribe(
+            self._filter,
+            stream=self.config.stream,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60.0,
+                mem_storage=True,
+                num_replicas=1,
+            ),
+        )
+        read = 0
+        try:
+            pending = (await sub.consumer_info()).num_pending or 0
+            while pending > 0:
+                try:
+                    msgs = await sub.fetch(min(REBUILD_BATCH, pending), timeout=5.0)
+                except TimeoutError:  # nats-py raises both its own and asyncio's
+                    break
+                for msg in msgs:
+                    metadata = msg.metadata
+                    pending = metadata.num_pending
+                    self.state.stream_position = max(self.state.stream_position, metadata.sequence.stream)
+                    read += 1
+                    # an invalid or rejected event is dead-lettered when the durable consumer delivers it
+                    with contextlib.suppress(InvalidEvent, Rejected):
+                        self.state.apply(to_inbound(msg.subject, msg.headers, msg.data, metadata.sequence.stream, self.config.subject_root))
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await sub.unsubscribe()
+        await self._forget_settled_rejections()
+        elapsed = time.perf_counter() - started
+        self.metrics.rebuild_seconds.set(elapsed)
+        self._observe_state()
+        log.info(
+            "state rebuilt from the stream" if start == 1 else "state caught up with the stream",
+            extra={
+                "events": read,
+                "seconds": round(elapsed, 3),
+                "versions": len(self.state.versions),
+                "deployments": len(self.state.deployments),
+            },
+        )
+        return read
+
+    async def _forget_settled_rejections(self) -> None:
+        try:
+            info = await self.js.consumer_info(self.config.stream, self.config.durable)
+        except nats.js.errors.NotFoundError:
+            return
+        self.state.settled_through(info.ack_floor.stream_seq if info.ack_floor else 0)
+
+    # --------------------------------------------------------------- consume
+
+    async def subscribe(self) -> JetStreamContext.PullSubscription:
+        return await self.js.pull_subscribe(
+            self._filter,
+            durable=self.config.durable,
+            stream=self.config.stream,
+            config=ConsumerConfig(
+                durable_name=self.config.durable,
+                filter_subject=self._filter,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.config.ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=max(1000, self.config.fetch_batch * 4),
+            ),
+        )
+
+    async def run(self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription | None = None) -> None:
+        """Fetch and handle batches until `stop` is set; the batches in hand are always finished.
+
+        The next batch is fetched while the previous one is still being written (at most
+        `BATCHES_IN_FLIGHT`), so decoding overlaps API calls; per-template locks keep each
+        template's events in stream order across batches.
+        """
+        sub = sub or await self.subscribe()
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                if len(in_flight) >= BATCHES_IN_FLIGHT:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await sub.fetch(self.config.fetch_batch, timeout=self.config.fetch_timeout_s)
+                except TimeoutError:  # nats-py raises both its own and asyncio's
+                    self.metrics.consumer_pending.set(0)
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+                    if stop.is_set():
+                        break
+                    raise
+                except nats.errors.Error as exc:  # e.g. a reconnect in progress: try again shortly
+                    log.warning("fetch failed: %s", exc)
+                    await asyncio.sleep(self.config.fetch_timeout_s)
+                    continue
+                batch = asyncio.create_task(self.handle(msgs))
+                in_flight.add(batch)
+                batch.add_done_callback(in_flight.discard)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await sub.unsubscribe()
+
+    async def handle(self, msgs: list[Msg]) -> None:
+        """Handle one fetched batch: groups by template concurrently, each group in order."""
+        groups: dict[str, list[Delivery]] = defaultdict(list)
+        for msg in msgs:
+            metadata = msg.metadata
+            template = template_of_subject(msg.subject, self.config.subject_root)
+            valid_template = template if template and is_dns1123_label(template) else None
+            groups[template or NO_TEMPLATE].append(Delivery(msg, metadata.sequence.stream, metadata.num_delivered, valid_template))
+        if msgs:
+            self.metrics.consumer_pending.set(msgs[-1].metadata.num_pending)
+        started = time.perf_counter()
+        await asyncio.gather(*(self._guarded(template, deliveries) for template, deliveries in groups.items()))
+        self._observe_state()
+        elapsed = round(time.perf_counter() - started, 4)
+        log.debug("handled a batch", extra={"events": len(msgs), "templates": len(groups), "seconds": elapsed})
+
+    async def _guarded(self, template: str, deliveries: list[Delivery]) -> None:
+        # the template lock first: tasks reach it in creation order (= stream order), and asyncio locks are FIFO
+        async with self._template_lock(template), self._limit:
+            try:
+                await self._handle_group(template, deliveries)
+            except Exception:  # never let one template's bug stop the others: retry its events later
+                log.exception("unexpected error while handling events of %s", template)
+                for delivery in deliveries:
+                    await self._settle(delivery.msg.nak(delay=self.config.retry_delay(delivery.deliveries)))
+
+    def _template_lock(self, template: str) -> asyncio.Lock:
+        lock = self._template_locks.get(template)
+        if lock is None:
+            lock = self._template_locks[template] = asyncio.Lock()
+        return lock
+
+    async def _handle_group(self, template: str, deliveries: list[Delivery]) -> None:
+        accepted: list[Delivery] = []
+        for delivery in deliveries:
+            try:
+                msg = delivery.msg
+                delivery.event = to_inbound(msg.subject, msg.headers, msg.data, delivery.sequence, self.config.subject_root)
+                delivery.event_type = delivery.event.kind.ce_type
+                delivery.change = self.state.apply(delivery.event).change
+            except InvalidEvent as exc:
+                delivery.event_type = exc.event_type
+                await self._reject(delivery, exc.reason, exc.event_id)
+                continue
+            except Rejected as exc:
+                await self._reject(delivery, exc.reason, delivery.event.event_id if delivery.event else None)
+                continue
+            accepted.append(delivery)
+        if not accepted:
+            return
+        addressed = [d.addressed for d in accepted if d.addressed is not None and d.change is not Change.ALREADY_APPLIED]
+        result = await self.reconciler.reconcile(template, addressed)
+        await self._settle_group(accepted, result)
+
+    async def _settle_group(self, accepted: list[Delivery], result: ReconcileResult) -> None:
+        if result.transient is not None:
+            log.warning("sink unavailable, retrying later: %s", result.transient, extra={"template": accepted[0].template})
+            for delivery in accepted:
+                delay = max(self.config.retry_delay(delivery.deliveries), result.transient.retry_after or 0.0)
+                await self._settle(delivery.msg.nak(delay=delay))
+                self._count(delivery, "retried")
+            return
+        for delivery in accepted:
+            key = delivery.addressed
+            failure = result.failures.get(key) if key is not None else None
+            if key is not None and failure is not None:
+                await self._reject(delivery, f"cannot apply {key[0]}/{key[1]}: {failure}", None)
+                continue
+            await self._settle(delivery.msg.ack())
+            self.state.settled(delivery.sequence)
+            outcome = "applied" if result.writes else "unchanged"
+            self._count(delivery, "redelivered" if delivery.change is Change.ALREADY_APPLIED else outcome)
+
+    async def _reject(self, delivery: Delivery, reason: str, event_id: str | None) -> None:
+        rejected = EventRejected(
+            original_id=event_id or (delivery.event.event_id if delivery.event else None),
+            original_type=delivery.event_type,
+            subject=delivery.msg.subject,
+            reason=reason,
+            stream_sequence=delivery.sequence,
+        )
+        log.warning("rejected event: %s", reason, extra={"subject": delivery.msg.subject, "stream_sequence": delivery.sequence})
+        try:
+            await self.dead_letters.dead_letter(rejected, delivery.template)
+        except Exception as exc:  # the dead letter is not stored: keep the event and try again later
+            log.warning("cannot publish the dead letter, retrying the event later: %s", exc)
+            await self._settle(delivery.msg.nak(delay=self.config.retry_delay(delivery.deliveries)))
+            self._count(delivery, "retried")
+            return
+        await self._settle(delivery.msg.term())
+        self.state.settled(delivery.sequence)
+        self.metrics.dead_letters.inc()
+        self._count(delivery, "rejected")
+
+    async def _settle(self, acknowledgement: Awaitable[None]) -> None:
+        try:
+            await acknowledgement
+        except nats.errors.Error as exc:  # e.g. disconnected: JetStream redelivers after ack_wait
+            log.warning("cannot acknowledge: %s", exc)
+
+    def _count(self, delivery: Delivery, outcome: str) -> None:
+        self.metrics.events.labels(delivery.event_type or "unknown", outcome).inc()
+
+    def _observe_state(self) -> None:
+        self.metrics.versions.set(len(self.state.versions))
+        self.metrics.deployments.set(len(self.state.deployments))

@@ -1,0 +1,290 @@
+"""Level-based reconciliation: make the sink match the desired InferenceServices of a template.
+
+After every event the controller renders every deployment of the affected template
+from the desired state and compares each object's content hash with a cache of the
+live hashes (filled by `list_managed()` at start and kept current after each write),
+so an unchanged object costs no API call. Objects of the template that are no longer
+desired are deleted; objects that are not labelled as managed by modelplane are never
+touched (the sinks refuse them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from controller.config import RenderConfig
+from controller.metrics import ControllerMetrics
+from controller.render import RenderError, render_inference_service, scale_plan
+from controller.sinks.base import (
+    STOP_ANNOTATION,
+    TEMPLATE_LABEL,
+    VERSION_LABEL,
+    ApplyAction,
+    Object,
+    PermanentSinkError,
+    Sink,
+    TransientSinkError,
+    content_hash_of,
+)
+from controller.state import Deployment, DeploymentKey, DesiredState
+from events.types import DeploymentApplied, DeploymentFailed, DeploymentLoadStatus, EventKind, LoadStatus
+from templates.schema import ModelTemplateVersion
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """Publishes an outbound status event for a template (the same callback the status watcher uses)."""
+
+    async def report(self, kind: EventKind, data: BaseModel, template: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class LiveObject:
+    """What the controller knows of an object in the sink without asking it."""
+
+    template: str
+    content_hash: str | None
+    version: int | None
+    stopped: bool
+
+    @classmethod
+    def of(cls, obj: Object) -> LiveObject:
+        metadata = obj.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        annotations = metadata.get("annotations") or {}
+        version = labels.get(VERSION_LABEL)
+        return cls(
+            template=str(labels.get(TEMPLATE_LABEL, "")),
+            content_hash=content_hash_of(obj),
+            version=int(version) if isinstance(version, str) and version.isdigit() else None,
+            stopped=str(annotations.get(STOP_ANNOTATION, "")).lower() == "true",
+        )
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconciliation did. `transient` is set when something must be retried."""
+
+    actions: dict[DeploymentKey, str] = field(default_factory=dict)
+    failures: dict[DeploymentKey, str] = field(default_factory=dict)  # permanent: retrying cannot help
+    transient: TransientSinkError | None = None
+
+    @property
+    def writes(self) -> int:
+        return sum(1 for action in self.actions.values() if action != ApplyAction.UNCHANGED.value)
+
+
+def _key(obj: Object) -> DeploymentKey:
+    metadata = obj.get("metadata") or {}
+    return (str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+
+
+class Reconciler:
+    def __init__(
+        self,
+        state: DesiredState,
+        sink: Sink,
+        render_config: RenderConfig,
+        reporter: Reporter,
+        metrics: ControllerMetrics | None = None,
+        sink_name: str = "sink",
+    ) -> None:
+        self.state = state
+        self.sink = sink
+        self.render_config = render_config
+        self.reporter = reporter
+        self.metrics = metrics or ControllerMetrics()
+        self.sink_name = sink_name
+        self.live: dict[DeploymentKey, LiveObject] = {}
+        self._locks: dict[DeploymentKey, asyncio.Lock] = {}
+
+    async def prime(self) -> int:
+        """Fill the live-hash cache from the sink; returns the number of managed objects."""
+        objects = await self.sink.list_managed()
+        self.live = {_key(obj): LiveObject.of(obj) for obj in objects}
+        return len(self.live)
+
+    async def reconcile_all(self, stop: asyncio.Event | None = None) -> ReconcileResult:
+        """Reconcile every template known to the state or to the sink (start-up and periodic resync).
+
+        Stops between templates once `stop` is set (e.g. leadership was lost).
+        """
+        templates = set(self.state.templates()) | {live.template for live in self.live.values()}
+        total = ReconcileResult()
+        for template in sorted(templates):
+            if stop is not None and stop.is_set():
+                break
+            result = await self.reconcile(template)
+            total.actions.update(result.actions)
+            total.failures.update(result.failures)
+            total.transient = total.transient or result.transient
+        return total
+
+    async def reconcile(self, template: str, addressed: Iterable[DeploymentKey] = ()) -> ReconcileResult:
+        """Make the sink match the desired objects of one template.
+
+        `addressed` are deployments an event named: they get a `deployment.applied`
+        status even when nothing changed, so whoever asked hears back.
+        """
+        result = ReconcileResult()
+        addressed = set(addressed)
+        desired: dict[DeploymentKey, tuple[Deployment, ModelTemplateVersion, Object]] = {}
+        for deployment in self.state.deployments_of(template):
+            version = self.state.version_for(deployment)
+            if version is None:
+                continue  # pinned to a deleted version, or no version left: nothing to serve
+            try:
+                rendered = render_inference_service(version, deployment, self.render_config, version_hash=self.state.version_hash(version))
+                desired[deployment.key] = (deployment, version, rendered)
+            except RenderError as exc:
+                result.failures[deployment.key] = str(exc)
+                await self._report_failed(deployment, version.version, str(exc))
+
+        for key, (deployment, version, obj) in desired.items():
+            try:
+                await self._apply(deployment, version, obj, result, announce=key in addressed)
+            except TransientSinkError as exc:
+                result.transient = exc
+            except PermanentSinkError as exc:
+                result.failures[key] = str(exc)
+                await self._report_failed(deployment, version.version, str(exc))
+
+        stale = [key for key, live in self.live.items() if live.template == template and key not in desired and key not in result.failures]
+        for key in stale:
+            try:
+                await self._delete(template, key, result)
+            except TransientSinkError as exc:
+                result.transient = exc
+            except PermanentSinkError as exc:
+                result.failures[key] = str(exc)
+        for key in addressed - desired.keys() - result.actions.keys() - result.failures.keys():
+            unserved = self.state.deployments.get(key)
+            if unserved is not None and unserved.template == template:  # requested, but nothing to serve
+                await self._announce(unserved, None, ApplyAction.UNCHANGED.value, None, note="no version of the template to serve")
+        return result
+
+    def _lock(self, key: DeploymentKey) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def _apply(
+        self, deployment: Deployment, version: ModelTemplateVersion, obj: Object, result: ReconcileResult, *, announce: bool
+    ) -> None:
+        key = deployment.key
+        wanted = content_hash_of(obj)
+        async with self._lock(key):
+            before = self.live.get(key)
+            if before is not None and before.content_hash == wanted:
+                result.actions[key] = ApplyAction.UNCHANGED.value
+                if announce:
+                    await self._announce(deployment, version, ApplyAction.UNCHANGED.value, wanted)
+                return
+            if not deployment.stopped:
+                await self._load_status(deployment, version.version, wanted, LoadStatus.REQUESTED)
+            started = time.perf_counter()
+            try:
+                action = await self.sink.apply(obj)
+            except TransientSinkError:
+                self.live.pop(key, None)  # unknown now: ask the sink next time
+                self.metrics.sink_errors.labels("transient").inc()
+                raise
+            except PermanentSinkError:
+                self.metrics.sink_errors.labels("permanent").inc()
+                raise
+            self.metrics.apply_latency.labels(self.sink_name, action.value).observe(time.perf_counter() - started)
+            self.live[key] = LiveObject.of(obj)
+        reported = action.value
+        if action is not ApplyAction.UNCHANGED and before is not None and before.stopped != deployment.stopped:
+            reported = "stopped" if deployment.stopped else "resumed"
+        result.actions[key] = reported
+        extra = {"template": deployment.template, "version": version.version, "content_hash": wanted}
+        log.info("%s %s/%s", reported, key[0], key[1], extra=extra)
+        if action is not ApplyAction.UNCHANGED or announce:
+            await self._announce(deployment, version, reported, wanted)
+        if action is not ApplyAction.UNCHANGED and not deployment.stopped:
+            await self._load_status(deployment, version.version, wanted, LoadStatus.LOADING)
+
+    async def _delete(self, template: str, key: DeploymentKey, result: ReconcileResult) -> None:
+        async with self._lock(key):
+            live = self.live.get(key)
+            owner = self.state.deployments.get(key)
+            if live is None or live.template != template:
+                return  # gone, or written by another template's reconciliation meanwhile
+            if owner is not None and owner.template != template:
+                return  # the key now belongs to another template, whose reconciliation replaces the object
+            started = time.perf_counter()
+            try:
+                await self.sink.delete(*key)
+            except TransientSinkError:
+                self.metrics.sink_errors.labels("transient").inc()
+                raise
+            except PermanentSinkError:
+                self.metrics.sink_errors.labels("permanent").inc()
+                raise
+            self.metrics.apply_latency.labels(self.sink_name, "deleted").observe(time.perf_counter() - started)
+            self.live.pop(key, None)
+        result.actions[key] = "deleted"
+        log.info("deleted %s/%s", key[0], key[1], extra={"template": template, "version": live.version})
+        await self.reporter.report(
+            EventKind.DEPLOYMENT_APPLIED,
+            DeploymentApplied(
+                template=template, version=live.version, namespace=key[0], name=key[1], content_hash=live.content_hash, action="deleted"
+            ),
+            template,
+        )
+
+    async def _announce(
+        self, deployment: Deployment, version: ModelTemplateVersion | None, action: str, content_hash: str | None, note: str | None = None
+    ) -> None:
+        scale_to_zero = True
+        if version is not None:
+            plan = scale_plan(version, deployment)
+            scale_to_zero, note = plan.scale_to_zero, note or plan.note
+        await self.reporter.report(
+            EventKind.DEPLOYMENT_APPLIED,
+            DeploymentApplied(
+                template=deployment.template,
+                version=version.version if version is not None else deployment.version,
+                namespace=deployment.namespace,
+                name=deployment.name,
+                content_hash=content_hash,
+                action=action,
+                scale_to_zero=scale_to_zero,
+                note=note,
+            ),
+            deployment.template,
+        )
+
+    async def _load_status(self, deployment: Deployment, version: int, content_hash: str | None, status: LoadStatus) -> None:
+        await self.reporter.report(
+            EventKind.LOAD_STATUS,
+            DeploymentLoadStatus(
+                template=deployment.template,
+                version=version,
+                namespace=deployment.namespace,
+                name=deployment.name,
+                content_hash=content_hash,
+                status=status,
+            ),
+            deployment.template,
+        )
+
+    async def _report_failed(self, deployment: Deployment, version: int | None, reason: str) -> None:
+        log.warning("cannot apply %s/%s: %s", deployment.namespace, deployment.name, reason, extra={"template": deployment.template})
+        await self.reporter.report(
+            EventKind.DEPLOYMENT_FAILED,
+            DeploymentFailed(
+                template=deployment.template, version=version, namespace=deployment.namespace, name=deployment.name, reason=reason
+            ),
+            deployment.template,
+        )

@@ -1,0 +1,256 @@
+"""A template version + a deployment → a KServe InferenceService (pure, no I/O).
+
+Only allow-listed fields reach the pod: the image, command, host paths, privileges
+and service account come from the ClusterServingRuntime, never from an event. What a
+template or deployment controls is mapped field by field below.
+
+Single-node services run in Knative (serverless) mode and scale to zero; multi-node
+services (parallelism.nodes > 1) run in KServe's raw deployment mode with a
+`workerSpec`, because Knative has no multi-pod API and cannot scale them to zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from pydantic import ValidationError
+
+from controller.config import RenderConfig
+from controller.sinks.base import (
+    HASH_ANNOTATION,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    SOURCE_EVENT_ANNOTATION,
+    STOP_ANNOTATION,
+    TEMPLATE_LABEL,
+    VERSION_LABEL,
+    Object,
+)
+from controller.state import Deployment
+from runtimes.engine_args import engine_cli_args, runtime_env
+from templates.schema import ModelTemplateVersion, Scaling, errors_from
+
+API_VERSION = "serving.kserve.io/v1beta1"
+KIND = "InferenceService"
+VERSION_HASH_ANNOTATION = "modelplane.ai/version-hash"
+SERVED_MODEL_ANNOTATION = "modelplane.ai/served-model-name"
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
+RETENTION_ANNOTATION = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
+INITIAL_SCALE_ANNOTATION = "autoscaling.knative.dev/initial-scale"
+PROGRESS_DEADLINE_ANNOTATION = "serving.knative.dev/progress-deadline"
+SERVERLESS = "Serverless"
+RAW_DEPLOYMENT = "RawDeployment"
+HF_TOKEN_ENV = "HF_TOKEN"
+MODEL_CACHE_VOLUME = "model-cache"
+WORKER_CONTAINER = "worker-container"
+# annotations that describe an object's history rather than its content: not hashed
+_UNHASHED_ANNOTATIONS = frozenset({HASH_ANNOTATION, SOURCE_EVENT_ANNOTATION})
+_RUNTIME_CACHE_SIZE = 4096
+# (template, version, version hash) → (engine args, runtime env): versions are immutable, so this is a pure memo
+_runtime_cache: OrderedDict[tuple[str, int, str], tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = OrderedDict()
+
+
+class RenderError(ValueError):
+    """A deployment cannot be rendered as requested (e.g. its overrides no longer fit a newer version)."""
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """How a rendered service scales, and why, for the `deployment.applied` status event."""
+
+    min_replicas: int
+    max_replicas: int
+    multinode: bool
+    note: str | None
+
+    @property
+    def scale_to_zero(self) -> bool:
+        return self.min_replicas == 0
+
+
+def effective_scaling(version: ModelTemplateVersion, deployment: Deployment) -> Scaling:
+    if not deployment.overrides.model_fields_set:
+        return version.spec.scaling
+    try:
+        return deployment.overrides.apply_to(version.spec.scaling)
+    except ValidationError as exc:
+        problems = "; ".join(f"{loc}: {msg}" for loc, msg in errors_from(exc))
+        raise RenderError(f"the deployment's overrides do not fit {version.ref}: {problems}") from None
+
+
+def scale_plan(version: ModelTemplateVersion, deployment: Deployment, scaling: Scaling | None = None) -> ScalePlan:
+    scaling = scaling or effective_scaling(version, deployment)
+    nodes = version.spec.parallelism.nodes
+    if nodes > 1:
+        replicas = max(1, scaling.min_replicas)
+        return ScalePlan(
+            replicas,
+            replicas,
+            multinode=True,
+            note=(
+                f"multi-node ({nodes} pods per replica) runs in KServe raw deployment mode without an autoscaler: "
+                "Knative cannot scale a multi-pod service to zero"
+            ),
+        )
+    if scaling.always_hot:
+        return ScalePlan(
+            max(1, scaling.min_replicas),
+            scaling.max_replicas,
+            multinode=False,
+            note=f"priority {scaling.priority} keeps at least one replica hot",
+        )
+    note = None if scaling.min_replicas == 0 else f"min_replicas {scaling.min_replicas} keeps replicas hot"
+    return ScalePlan(scaling.min_replicas, scaling.max_replicas, multinode=False, note=note)
+
+
+def render_inference_service(
+    version: ModelTemplateVersion, deployment: Deployment, config: RenderConfig, *, version_hash: str | None = None
+) -> Object:
+    """The InferenceService for a deployment of a version, with its content hash annotated.
+
+    `version_hash` is the version's content hash when the caller already knows it (it costs a
+    canonical JSON dump to compute).
+    """
+    spec = version.spec
+    scaling = effective_scaling(version, deployment)
+    plan = scale_plan(version, deployment, scaling)
+    runtime = config.multinode_runtime if plan.multinode else config.runtime
+
+    args, env = _runtime_parts(version, version_hash)
+    model: dict[str, Any] = {
+        "modelFormat": {"name": config.model_format},
+        "runtime": runtime,
+        "args": list(args),
+        "env": _env(version, env, config),
+        "resources": _resources(version, config),
+    }
+    if spec.source_scheme != "local":
+        model["storageUri"] = spec.source
+    predictor: dict[str, Any] = {"model": model, "minReplicas": plan.min_replicas, "maxReplicas": plan.max_replicas}
+    predictor.update(_placement(version, config))
+    if spec.storage.cache_pvc:
+        model["volumeMounts"] = [{"name": MODEL_CACHE_VOLUME, "mountPath": config.model_cache_mount}]
+        predictor["volumes"] = [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.storage.cache_pvc}}]
+
+    annotations: dict[str, str] = {
+        VERSION_HASH_ANNOTATION: version_hash or version.content_hash,
+        SERVED_MODEL_ANNOTATION: version.served_model_name,
+    }
+    if plan.multinode:
+        annotations[DEPLOYMENT_MODE_ANNOTATION] = RAW_DEPLOYMENT
+        annotations[AUTOSCALER_CLASS_ANNOTATION] = "none"
+        predictor["workerSpec"] = _worker_spec(version, config)
+    else:
+        annotations[DEPLOYMENT_MODE_ANNOTATION] = SERVERLESS
+        predictor["scaleMetric"] = "concurrency"
+        predictor["scaleTarget"] = scaling.target_concurrency
+        predictor["timeout"] = config.request_timeout_s
+        deadline = config.cold_start.deadline_seconds(spec.model_size_gb, local_source=spec.source_scheme == "local")
+        annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
+        # one pod loads the model at creation, so a broken model fails now rather than on the first user request
+        annotations[INITIAL_SCALE_ANNOTATION] = str(max(1, plan.min_replicas))
+        if plan.scale_to_zero:
+            annotations[RETENTION_ANNOTATION] = f"{scaling.keep_hot_seconds}s"
+    if deployment.stopped:
+        annotations[STOP_ANNOTATION] = "true"
+
+    isvc: Object = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": deployment.name,
+            "namespace": deployment.namespace,
+            "labels": _labels(version, config),
+            "annotations": annotations,
+        },
+        "spec": {"predictor": predictor},
+    }
+    annotations[HASH_ANNOTATION] = object_hash(isvc)
+    if deployment.event_id:
+        annotations[SOURCE_EVENT_ANNOTATION] = deployment.event_id
+    return isvc
+
+
+def object_hash(obj: Object) -> str:
+    """sha256 over the canonical JSON (sorted keys, compact, UTF-8) of an object without its history annotations."""
+    metadata = dict(obj.get("metadata") or {})
+    metadata["annotations"] = {k: v for k, v in (metadata.get("annotations") or {}).items() if k not in _UNHASHED_ANNOTATIONS}
+    canonical = msgspec.json.encode({**obj, "metadata": metadata}, order="sorted")
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def _runtime_parts(version: ModelTemplateVersion, version_hash: str | None) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The runtime's args and environment for a version, memoised when the caller vouches for its hash."""
+    key = (version.name, version.version, version_hash) if version_hash else None
+    if key is not None and key in _runtime_cache:
+        _runtime_cache.move_to_end(key)
+        return _runtime_cache[key]
+    parts = (tuple(engine_cli_args(version.spec, version.served_model_name)), tuple(sorted(runtime_env(version.spec).items())))
+    if key is not None:
+        _runtime_cache[key] = parts
+        if len(_runtime_cache) > _RUNTIME_CACHE_SIZE:
+            _runtime_cache.popitem(last=False)
+    return parts
+
+
+def _labels(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, str]:
+    labels = {
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        "app.kubernetes.io/name": version.name,
+        TEMPLATE_LABEL: version.name,
+        VERSION_LABEL: str(version.version),
+    }
+    # a template's own labels go under our prefix so they can never steer Knative or KServe
+    # (e.g. networking.knative.dev/visibility); unprefixed keys win over prefixed ones of the same name
+    for key, value in sorted(version.template.labels.items(), key=lambda item: ("/" in item[0], item[0])):
+        name = key.rpartition("/")[2]
+        labels.setdefault(f"{config.template_label_prefix}/{name}", value)
+    return labels
+
+
+def _env(version: ModelTemplateVersion, runtime: tuple[tuple[str, str], ...], config: RenderConfig) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in runtime]
+    if version.spec.storage.cache_pvc:
+        env.append({"name": "HF_HOME", "value": f"{config.model_cache_mount}/huggingface"})
+    secret = version.spec.storage.hf_token_secret or config.hf_token_secret
+    if secret is not None:
+        env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+    return env
+
+
+def _resources(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, dict[str, str]]:
+    # requests = limits: Guaranteed QoS, so a pod that took minutes to load is the last to be evicted
+    res = version.spec.resources
+    amounts = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpus:
+        amounts[config.gpu_resource] = str(res.gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _placement(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, Any]:
+    res = version.spec.resources
+    if not res.gpus:
+        return {}
+    placement: dict[str, Any] = {"tolerations": [t.model_dump(exclude_none=True) for t in config.gpu_tolerations]}
+    if res.gpu_type:
+        # an unmapped type is used verbatim, for clusters that label nodes with their own names
+        placement["nodeSelector"] = {config.gpu_node_selector_key: config.gpu_products.get(res.gpu_type, res.gpu_type)}
+    return placement
+
+
+def _worker_spec(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, Any]:
+    # KServe's topology fields: pipelineParallelSize = pods (head + workers), tensorParallelSize = GPUs per pod.
+    # vLLM's own tensor/pipeline split travels in the args.
+    par, res = version.spec.parallelism, version.spec.resources
+    worker: dict[str, Any] = {
+        "pipelineParallelSize": par.nodes,
+        "tensorParallelSize": res.gpus,
+        "containers": [{"name": WORKER_CONTAINER, "resources": _resources(version, config)}],
+    }
+    worker.update(_placement(version, config))
+    return worker

@@ -1,0 +1,491 @@
+"""CloudEvents ⇄ NATS messages (pure, no I/O).
+
+The NATS protocol binding has two content modes and we accept both:
+
+- binary: each attribute in a NATS header `ce-<attribute>` (values percent-encoded as in
+  the HTTP binding), `datacontenttype` in `content-type`, the data alone as payload;
+- structured: `content-type: application/cloudevents+json` and the whole event as JSON.
+  A message with no headers at all whose payload is a JSON object is read as structured
+  too: that is all the binding allowed before NATS had headers.
+
+The cloudevents SDK builds, serialises, parses and validates the events; it has no NATS
+binding, so its HTTP binding does the work and NATS headers stand in for HTTP headers.
+Every message also carries the CloudEvent id as `Nats-Msg-Id`, so JetStream stores a
+republished event once (within the stream's duplicate window).
+
+`decode` raises `EventDecodeError` and nothing else, whatever it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache, lru_cache
+from typing import Any, Final, Literal
+from urllib.parse import quote, unquote
+
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings import http
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from pydantic import BaseModel, ValidationError
+
+from events.types import (
+    DATA_MODELS,
+    HASH_EXTENSION,
+    SUBJECT_ROOT,
+    EventKind,
+    EventRejected,
+    InboundEnvelope,
+    TemplateVersionPublished,
+    deadletter_subject,
+    status_subject,
+    template_of_subject,
+    template_subject,
+)
+from templates.schema import ModelTemplateVersion, errors_from
+
+Mode = Literal["binary", "structured"]
+
+SPEC_VERSION: Final = "1.0"
+NATS_MSG_ID: Final = "Nats-Msg-Id"
+CONTENT_TYPE: Final = "content-type"
+DATA_CONTENT_TYPE: Final = "application/json"
+STRUCTURED_CONTENT_TYPE: Final = JSONFormat.CONTENT_TYPE  # application/cloudevents+json
+CE_PREFIX: Final = "ce-"
+REQUIRED_ATTRIBUTES: Final = ("id", "source", "type", "specversion")
+# The stream's max message size is 1 MiB for headers and payload together.
+MAX_PAYLOAD_BYTES: Final = 960 * 1024
+MAX_HEADER_BYTES: Final = 64 * 1024
+MAX_EVENT_ID_LENGTH: Final = 256
+
+_FORMAT: Final = JSONFormat()
+_JSON_MEDIA_TYPE: Final = JSONFormat.JSON_CONTENT_TYPE_PATTERN
+# Event ids become the raw Nats-Msg-Id header: printable ASCII only, no spaces.
+_EVENT_ID_RE: Final = re.compile(r"[\x21-\x7e]+")
+# What the HTTP binding leaves unencoded in header values: printable ASCII but space, '"' and '%'.
+_HEADER_SAFE_CHARS: Final = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+_HEADER_SAFE: Final = re.compile(r"[\x21\x23\x24\x26-\x7e]*")
+
+
+class EventDecodeError(ValueError):
+    """A NATS message is not a valid modelplane CloudEvent. The one error `decode` raises.
+
+    `event_id` and `event_type` are filled in when the message got far enough to say them,
+    so a dead letter can name the event; `errors` lists (field path, message) pairs when
+    the data did not match its model.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        event_id: str | None = None,
+        event_type: str | None = None,
+        errors: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.event_id = event_id
+        self.event_type = event_type
+        self.errors = errors or []
+
+
+class EventDataError(ValueError):
+    """Event data (or an attribute such as the id) is invalid; raised before anything is sent."""
+
+    def __init__(self, kind: EventKind, errors: list[tuple[str, str]]) -> None:
+        self.kind = kind
+        self.errors = errors
+        details = "; ".join(f"{path or '<root>'}: {message}" for path, message in errors)
+        super().__init__(f"invalid {kind.value} event: {details}")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """A validated modelplane CloudEvent."""
+
+    id: str
+    kind: EventKind
+    source: str
+    time: datetime | None
+    content_hash: str | None
+    data: BaseModel  # an instance of DATA_MODELS[kind]
+    subject: str | None = None  # the CloudEvent `subject` attribute: the template
+    mode: Mode = "binary"
+
+    @property
+    def type(self) -> str:
+        return self.kind.ce_type
+
+    def envelope(self, nats_subject: str) -> InboundEnvelope:
+        """The controller's view of an inbound event received on `nats_subject`."""
+        return InboundEnvelope(
+            id=self.id, kind=self.kind, source=self.source, subject=nats_subject, data=self.data, content_hash=self.content_hash
+        )
+
+
+# ---------------------------------------------------------------------- data
+
+
+def validate_data(kind: EventKind, data: BaseModel | Mapping[str, Any]) -> BaseModel:
+    """The data as an instance of the kind's model; already-validated instances pass through."""
+    model_type = DATA_MODELS[kind]
+    if isinstance(data, model_type):
+        return data
+    if kind is EventKind.VERSION_PUBLISHED and isinstance(data, ModelTemplateVersion):
+        data = data.to_document()
+    elif isinstance(data, BaseModel):
+        raise EventDataError(kind, [("", f"expected {model_type.__name__} data, got {type(data).__name__}")])
+    if not isinstance(data, Mapping):
+        raise EventDataError(kind, [("", f"expected a mapping, got {type(data).__name__}")])
+    try:
+        return model_type.model_validate(data)
+    except ValidationError as exc:
+        raise EventDataError(kind, errors_from(exc)) from None
+
+
+def template_of(kind: EventKind, data: BaseModel) -> str | None:
+    """The template an event concerns (its CloudEvent subject and NATS subject token)."""
+    if isinstance(data, EventRejected):
+        return template_of_subject(data.subject)
+    field = _template_field(type(data))
+    if field is None:
+        return None
+    template = getattr(data, field)
+    return template if isinstance(template, str) else None
+
+
+def nats_subject(kind: EventKind, data: BaseModel, root: str = SUBJECT_ROOT) -> str:
+    """Where an event goes: its template's inbound subject, a status subject or the dead letters."""
+    return subject_for(kind, template_of(kind, data), root)
+
+
+def subject_for(kind: EventKind, template: str | None, root: str = SUBJECT_ROOT) -> str:
+    """`nats_subject` for a template already known."""
+    if kind is EventKind.EVENT_REJECTED:
+        return deadletter_subject(template, root)
+    if template is None:  # every inbound and status model has a template
+        raise EventDataError(kind, [("template", "the event names no template")])
+    return template_subject(template, kind, root) if kind.inbound else status_subject(template, kind, root)
+
+
+def _content_hash_of(data: BaseModel) -> str | None:
+    if isinstance(data, TemplateVersionPublished):
+        return data.content_hash
+    if _has_field(type(data), "content_hash"):  # status events repeat the hash they concern
+        value = data.content_hash  # type: ignore[attr-defined]
+        return value if isinstance(value, str) else None
+    return None
+
+
+# Looked up once per model class: attribute misses on pydantic instances, and even
+# `model_fields`, cost microseconds on every event.
+@cache
+def _has_field(model_type: type[BaseModel], name: str) -> bool:
+    return name in model_type.model_fields
+
+
+@cache
+def _template_field(model_type: type[BaseModel]) -> str | None:
+    if hasattr(model_type, "template_name"):
+        return "template_name"
+    return "template" if _has_field(model_type, "template") else None
+
+
+# -------------------------------------------------------------------- encode
+
+
+def new_event_id() -> str:
+    """128 random bits in hex: unique per event, safe as a header value."""
+    return secrets.token_hex(16)
+
+
+def encode(
+    kind: EventKind,
+    data: BaseModel | dict[str, Any],
+    *,
+    source: str,
+    subject_template: str | None = None,
+    event_id: str | None = None,
+    mode: Mode = "binary",
+    time: datetime | None = None,
+) -> tuple[dict[str, str], bytes]:
+    """NATS headers (with `Nats-Msg-Id`) and payload for one event.
+
+    `subject_template` is the CloudEvent `subject`; it defaults to the template the data
+    names. The version's content hash (or a status event's) goes into `modelplanehash`.
+    Raises `EventDataError` for invalid data, id, source or time.
+    """
+    model = validate_data(kind, data)
+    if event_id is None:
+        event_id = new_event_id()
+        _check_source(kind, source)
+    else:
+        _check_attributes(kind, event_id, source)
+    if time is None:
+        time = datetime.now(UTC)
+    elif time.tzinfo is None:
+        raise EventDataError(kind, [("time", "the event time must carry a time zone")])
+    subject = subject_template or template_of(kind, model)
+    content_hash = _content_hash_of(model)
+
+    if mode == "binary":
+        headers = _binary_headers(kind, source, event_id, time, subject, content_hash)
+        body = model.model_dump_json(by_alias=True).encode()
+    elif mode == "structured":
+        attributes: dict[str, Any] = {
+            "specversion": SPEC_VERSION,
+            "id": event_id,
+            "source": source,
+            "type": kind.ce_type,
+            "time": time,
+            "datacontenttype": DATA_CONTENT_TYPE,
+        }
+        if subject:
+            attributes["subject"] = subject
+        if content_hash:
+            attributes[HASH_EXTENSION] = content_hash
+        message = http.to_structured(CloudEvent(attributes, model.model_dump(mode="json", by_alias=True)), _FORMAT)
+        headers, body = dict(message.headers), message.body
+    else:
+        raise ValueError(f"unknown content mode {mode!r}: binary or structured")
+    if len(body) > MAX_PAYLOAD_BYTES:
+        raise EventDataError(kind, [("", f"the event is {len(body)} bytes, over the limit of {MAX_PAYLOAD_BYTES}")])
+    headers[NATS_MSG_ID] = event_id
+    return headers, body
+
+
+# Binary mode maps the attributes to headers here rather than through the SDK's HTTP
+# binding: building an SDK event and running `to_binary` (urllib's `quote` on every value)
+# cost more than the rest of a publish's client-side work together. The attributes are
+# valid by construction, and a test checks that the headers are byte for byte what
+# `to_binary` makes of the same event and that the SDK parses them back.
+
+
+@lru_cache(maxsize=256)
+def _constant_headers(kind: EventKind, source: str) -> dict[str, str]:
+    return {
+        f"{CE_PREFIX}specversion": SPEC_VERSION,
+        f"{CE_PREFIX}source": _header_value(source),
+        f"{CE_PREFIX}type": kind.ce_type,
+        CONTENT_TYPE: DATA_CONTENT_TYPE,
+    }
+
+
+def _binary_headers(
+    kind: EventKind, source: str, event_id: str, time: datetime, subject: str | None, content_hash: str | None
+) -> dict[str, str]:
+    headers = dict(_constant_headers(kind, source))
+    headers[f"{CE_PREFIX}id"] = _header_value(event_id)
+    stamp = time.isoformat()
+    headers[f"{CE_PREFIX}time"] = stamp[:-6] + "Z" if stamp.endswith("+00:00") else _header_value(stamp)
+    if subject:
+        headers[f"{CE_PREFIX}subject"] = _header_value(subject)
+    if content_hash:
+        headers[f"{CE_PREFIX}{HASH_EXTENSION}"] = _header_value(content_hash)
+    return headers
+
+
+def _header_value(text: str) -> str:
+    """Percent-encoded as the HTTP binding does it, when (rarely) needed."""
+    return text if _HEADER_SAFE.fullmatch(text) else quote(text, safe=_HEADER_SAFE_CHARS)
+
+
+def _check_attributes(kind: EventKind, event_id: str, source: str) -> None:
+    if len(event_id) > MAX_EVENT_ID_LENGTH or not _EVENT_ID_RE.fullmatch(event_id):
+        raise EventDataError(kind, [("id", f"event ids are 1 to {MAX_EVENT_ID_LENGTH} printable ASCII characters without spaces")])
+    _check_source(kind, source)
+
+
+def _check_source(kind: EventKind, source: str) -> None:
+    if not source:
+        raise EventDataError(kind, [("source", "the event source may not be empty")])
+
+
+# -------------------------------------------------------------------- decode
+
+
+def decode(headers: Mapping[str, str] | None, payload: bytes) -> DecodedEvent:
+    """The validated event in a NATS message (either content mode). Raises only `EventDecodeError`."""
+    try:
+        return _decode(headers, payload)
+    except EventDecodeError:
+        raise
+    except Exception as exc:  # a poison message must dead-letter, never crash the consumer
+        raise EventDecodeError(f"internal decode failure ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(headers: Mapping[str, str] | None, payload: bytes) -> DecodedEvent:
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise EventDecodeError(f"payload must be bytes, got {type(payload).__name__}")
+    body = bytes(payload)
+    if len(body) > MAX_PAYLOAD_BYTES:
+        raise EventDecodeError(f"payload is {len(body)} bytes, over the limit of {MAX_PAYLOAD_BYTES}")
+    lowered = _lowered(headers)
+    media_type = _media_type(lowered.get(CONTENT_TYPE))
+
+    if media_type is not None and media_type.startswith("application/cloudevents"):
+        if media_type.startswith("application/cloudevents-batch"):
+            raise EventDecodeError("batched CloudEvents are not supported: send one event per message")
+        if media_type != STRUCTURED_CONTENT_TYPE:
+            raise EventDecodeError(f"event format {media_type!r} is not supported (only {STRUCTURED_CONTENT_TYPE})")
+        return _decode_structured(body)
+    if any(name.startswith(CE_PREFIX) for name in lowered):
+        return _decode_binary(lowered, body)
+    if media_type is None and body.lstrip()[:1] == b"{":
+        return _decode_structured(body)
+    raise EventDecodeError(f"not a CloudEvent: no ce- headers, and content type {media_type or '(none)'} is not {STRUCTURED_CONTENT_TYPE}")
+
+
+def _lowered(headers: Mapping[str, str] | None) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise EventDecodeError(f"headers must be a mapping, got {type(headers).__name__}")
+    lowered: dict[str, str] = {}
+    size = 0
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise EventDecodeError("header names and values must be strings")
+        size += len(name) + len(value)
+        lowered[name.lower()] = value
+    if size > MAX_HEADER_BYTES:
+        raise EventDecodeError(f"headers are {size} bytes, over the limit of {MAX_HEADER_BYTES}")
+    return lowered
+
+
+def _media_type(content_type: str | None) -> str | None:
+    if content_type is None:
+        return None
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _check_data_content_type(content_type: str | None, event_id: str | None, event_type: str | None) -> None:
+    if content_type is not None and not _JSON_MEDIA_TYPE.match(content_type.strip()):
+        raise EventDecodeError(f"data content type {content_type!r} is not JSON ({DATA_CONTENT_TYPE})", event_id, event_type)
+
+
+def _decode_binary(headers: dict[str, str], body: bytes) -> DecodedEvent:
+    event_id = _header_attribute(headers, "id")
+    event_type = _header_attribute(headers, "type")
+    for name in REQUIRED_ATTRIBUTES:
+        if not _header_attribute(headers, name):
+            raise EventDecodeError(f"missing required attribute {name!r} (header {CE_PREFIX}{name})", event_id, event_type)
+    _check_spec_version(_header_attribute(headers, "specversion"), event_id, event_type)
+    _check_data_content_type(headers.get(CONTENT_TYPE), event_id, event_type)
+    try:
+        event = http.from_binary(http.HTTPMessage(headers=headers, body=body), _FORMAT, CloudEvent)
+    except (BaseCloudEventException, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise EventDecodeError(f"invalid CloudEvent attributes: {exc}", event_id, event_type) from None
+    return _validated(event, has_time=f"{CE_PREFIX}time" in headers, mode="binary")
+
+
+def _header_attribute(headers: dict[str, str], name: str) -> str | None:
+    value = headers.get(CE_PREFIX + name)
+    return unquote(value) if value is not None else None
+
+
+def _decode_structured(body: bytes) -> DecodedEvent:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise EventDecodeError(f"payload is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise EventDecodeError(f"a structured CloudEvent is a JSON object, got {type(document).__name__}")
+    event_id = document.get("id") if isinstance(document.get("id"), str) else None
+    event_type = document.get("type") if isinstance(document.get("type"), str) else None
+    for name in REQUIRED_ATTRIBUTES:
+        if not isinstance(document.get(name), str) or not document[name]:
+            raise EventDecodeError(f"missing required attribute {name!r} (a non-empty string)", event_id, event_type)
+    _check_spec_version(document["specversion"], event_id, event_type)
+    content_type = document.get("datacontenttype")
+    if content_type is not None and not isinstance(content_type, str):
+        raise EventDecodeError("datacontenttype must be a string", event_id, event_type)
+    _check_data_content_type(content_type, event_id, event_type)
+    if "time" in document and not isinstance(document["time"], str):
+        raise EventDecodeError("time must be an RFC 3339 string", event_id, event_type)
+    try:
+        event = _FORMAT.read(CloudEvent, body)
+    except (BaseCloudEventException, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise EventDecodeError(f"invalid CloudEvent: {exc}", event_id, event_type) from None
+    return _validated(event, has_time="time" in document, mode="structured")
+
+
+def _check_spec_version(version: str | None, event_id: str | None, event_type: str | None) -> None:
+    if version != SPEC_VERSION:
+        raise EventDecodeError(f"specversion {version!r} is not supported (only {SPEC_VERSION})", event_id, event_type)
+
+
+def _validated(event: BaseCloudEvent, *, has_time: bool, mode: Mode) -> DecodedEvent:
+    """Type, data and hash checks shared by both modes; `event` has valid CloudEvent attributes."""
+    event_id, event_type = event.get_id(), event.get_type()
+    try:
+        kind = EventKind.from_ce_type(event_type)
+    except ValueError:
+        raise EventDecodeError(f"unknown event type {event_type!r}", event_id, event_type) from None
+
+    data = event.get_data()
+    if isinstance(data, bytes):  # data_base64 in structured mode
+        try:
+            data = json.loads(data)
+        except (ValueError, RecursionError):
+            raise EventDecodeError("data is not valid JSON", event_id, event_type) from None
+    if data is None:
+        raise EventDecodeError("the event has no data", event_id, event_type)
+    if isinstance(data, str) and mode == "binary":  # the SDK hands back text it could not parse as JSON
+        raise EventDecodeError("data is not valid JSON", event_id, event_type)
+    if not isinstance(data, dict):
+        raise EventDecodeError(f"data must be a JSON object, got {type(data).__name__}", event_id, event_type)
+    try:
+        model = DATA_MODELS[kind].model_validate(data)
+    except ValidationError as exc:
+        errors = errors_from(exc)
+        details = "; ".join(f"{path or '<root>'}: {message}" for path, message in errors)
+        raise EventDecodeError(f"data does not match {event_type}: {details}", event_id, event_type, errors) from None
+    except RecursionError:
+        raise EventDecodeError("data is nested too deeply", event_id, event_type) from None
+
+    declared_hash = event.get_extension(HASH_EXTENSION)
+    if declared_hash is not None and not isinstance(declared_hash, str):
+        raise EventDecodeError(f"{HASH_EXTENSION} must be a string", event_id, event_type)
+    content_hash = declared_hash
+    if isinstance(model, TemplateVersionPublished):
+        content_hash = model.content_hash
+        if declared_hash is not None and declared_hash != content_hash:
+            raise EventDecodeError(
+                f"{HASH_EXTENSION} {declared_hash!r} does not match the content hash {content_hash!r} of the data", event_id, event_type
+            )
+    subject = event.get_subject()
+    return DecodedEvent(
+        id=event_id,
+        kind=kind,
+        source=event.get_source(),
+        time=event.get_time() if has_time else None,
+        content_hash=content_hash or None,
+        data=model,
+        subject=subject if isinstance(subject, str) else None,
+        mode=mode,
+    )
+
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "NATS_MSG_ID",
+    "STRUCTURED_CONTENT_TYPE",
+    "DecodedEvent",
+    "EventDataError",
+    "EventDecodeError",
+    "Mode",
+    "decode",
+    "encode",
+    "nats_subject",
+    "new_event_id",
+    "subject_for",
+    "template_of",
+    "validate_data",
+]

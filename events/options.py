@@ -1,0 +1,206 @@
+"""How to reach NATS: one settings model, read from flags or `MODELPLANE_NATS_*` variables.
+
+    MODELPLANE_NATS_URL        comma-separated server URLs (nats://, tls://, ws://, wss://)
+    MODELPLANE_NATS_USER / _PASSWORD, MODELPLANE_NATS_TOKEN
+    MODELPLANE_NATS_CREDS      credentials file (NKEYS/JWT, as made by `nsc`)
+    MODELPLANE_NATS_TLS_CA / _TLS_CERT / _TLS_KEY
+
+The controller and the CLI both connect through `NatsOptions.connect()`, which turns every
+way a first connection can fail into one `NatsConnectError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+URL_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+class NatsConnectError(ConnectionError):
+    """The first connection to NATS failed; the message is one line meant for people."""
+
+
+class _GiveUp(Exception):
+    """Raised from the error callback to end the first connection attempts early."""
+
+
+class NatsOptions(BaseSettings):
+    """Connection options; flags (init arguments) win over `MODELPLANE_NATS_*` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_NATS_", extra="forbid", frozen=True)
+
+    url: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_URL], min_length=1)
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    name: str = "modelplane"
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    # Attempts per server before giving up, on the first connection and on reconnects; -1 = forever.
+    max_reconnect_attempts: int = Field(default=60, ge=-1)
+    reconnect_time_wait: float = Field(default=2.0, ge=0, le=300)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return [str(item).strip() for item in value if str(item).strip()]
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if "://" not in url:
+                raise ValueError(f"{url!r} is not a server URL like nats://host:4222")
+            scheme = url.split("://", 1)[0].lower()
+            if scheme not in URL_SCHEMES:
+                raise ValueError(f"{url!r}: scheme {scheme!r} is not one of {', '.join(URL_SCHEMES)}")
+        return urls
+
+    @field_validator("max_reconnect_attempts")
+    @classmethod
+    def _check_attempts(cls, value: int) -> int:
+        if value == 0:  # nats-py would read 0 as "forever"; say so explicitly
+            raise ValueError("use -1 to retry forever, or a number of attempts from 1")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> NatsOptions:
+        if self.password is not None and not self.user:
+            raise ValueError("a NATS password needs a user")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together (the client certificate and its key)")
+        if self.token is not None and (self.user or self.creds):
+            raise ValueError("use one of: user/password, token, or a credentials file")
+        for field in ("creds", "tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, field)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{field}: no such file: {path}")
+        return self
+
+    @property
+    def servers(self) -> str:
+        """The server URLs without any user or password in them, for messages."""
+        return ", ".join(_redacted(url) for url in self.url)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None or any(url.lower().startswith(("tls://", "wss://")) for url in self.url)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.uses_tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
+        if self.tls_cert is not None and self.tls_key is not None:
+            context.load_cert_chain(certfile=str(self.tls_cert), keyfile=str(self.tls_key))
+        return context
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for nats-py's `Client.connect` (pure: no network)."""
+        kwargs: dict[str, Any] = {
+            "servers": list(self.url),
+            "name": self.name,
+            "connect_timeout": self.connect_timeout,
+            "max_reconnect_attempts": self.max_reconnect_attempts,
+            "reconnect_time_wait": self.reconnect_time_wait,
+        }
+        if self.user:
+            kwargs["user"] = self.user
+        if self.password is not None:
+            kwargs["password"] = self.password.get_secret_value()
+        if self.token is not None:
+            kwargs["token"] = self.token.get_secret_value()
+        if self.creds is not None:
+            kwargs["user_credentials"] = str(self.creds)
+        tls = self.tls_context()
+        if tls is not None:
+            kwargs["tls"] = tls
+        return kwargs
+
+    async def connect(self, **client_options: Any) -> NatsClient:
+        """A connected nats-py client. `client_options` pass through (e.g. `disconnected_cb`)."""
+        client = NatsClient()
+        failures: list[Exception] = []
+        connected = False
+
+        async def on_error(exc: Exception) -> None:
+            if connected:
+                log.warning("NATS: %s", _describe(exc))
+                return
+            failures.append(exc)
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                # Retrying cannot help, and nats-py would wait forever closing the failed TLS stream.
+                raise _GiveUp from None
+
+        try:
+            kwargs = self.connect_kwargs()
+        except (OSError, ssl.SSLError) as exc:
+            raise NatsConnectError(f"cannot set up TLS for NATS: {exc}") from None
+        try:
+            await asyncio.wait_for(client.connect(**kwargs, error_cb=on_error, **client_options), self._connect_budget())
+        except (_GiveUp, OSError, TimeoutError, nats.errors.Error) as exc:
+            raise NatsConnectError(self._failure_line(failures or [exc])) from None
+        connected = True
+        return client
+
+    def _connect_budget(self) -> float | None:
+        """An upper bound on all first-connection attempts, so that no stuck attempt hangs the caller."""
+        if self.max_reconnect_attempts < 0:
+            return None
+        attempts = (self.max_reconnect_attempts + 1) * len(self.url)
+        return attempts * (2 * self.connect_timeout + self.reconnect_time_wait) + self.connect_timeout
+
+    def _failure_line(self, failures: list[Exception]) -> str:
+        refused = next((exc for exc in failures if _is_auth_failure(exc)), None)
+        if refused is not None:
+            return (
+                f"NATS at {self.servers} refused the credentials (authorization violation): "
+                "check the user/password, token or credentials file"
+            )
+        return f"cannot connect to NATS at {self.servers}: {_describe(failures[-1])}"
+
+
+def _is_auth_failure(exc: Exception) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
+        return "timed out"
+    if isinstance(exc, nats.errors.NoServersError):
+        return "no server could be reached"
+    text = str(exc).strip() or type(exc).__name__
+    return text.removeprefix("nats: ").strip("'")
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+__all__ = ["DEFAULT_URL", "NatsConnectError", "NatsOptions"]

@@ -1,0 +1,91 @@
+"""The latest known state of each deployment, folded from its status events (pure, no I/O).
+
+`modelplane status` (also `kubectl modelplane status`) replays the status subjects and
+shows one row per deployment from this fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from events.codec import DecodedEvent
+from events.types import (
+    DeploymentApplied,
+    DeploymentFailed,
+    DeploymentLoadStatus,
+    DeploymentReady,
+    LoadStatus,
+)
+
+
+class DeploymentSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    namespace: str
+    name: str
+    template: str
+    version: int | None = None
+    phase: str  # Applied, Loading, Loaded, Ready, Failed, Stopped, Deleted
+    url: str | None = None
+    reason: str | None = None
+    load_status: LoadStatus | None = None
+    updated: datetime | None = None
+    event_id: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+_APPLIED_PHASE = {"stopped": "Stopped", "deleted": "Deleted"}
+
+
+def summarize(events: Iterable[DecodedEvent]) -> list[DeploymentSummary]:
+    """One summary per (namespace, name), from events in stream order; other kinds are skipped."""
+    latest: dict[tuple[str, str], DeploymentSummary] = {}
+    for event in events:
+        data = event.data
+        if not isinstance(data, DeploymentApplied | DeploymentReady | DeploymentFailed | DeploymentLoadStatus):
+            continue
+        key = (data.namespace, data.name)
+        previous = latest.get(key)
+        fields = {
+            "namespace": data.namespace,
+            "name": data.name,
+            "template": data.template,
+            "version": data.version if data.version is not None else (previous.version if previous else None),
+            "updated": event.time,
+            "event_id": event.id,
+            "url": previous.url if previous else None,
+            "load_status": previous.load_status if previous else None,
+            "reason": None,
+        }
+        if isinstance(data, DeploymentApplied):
+            fields["phase"] = _APPLIED_PHASE.get(data.action, "Applied")
+            if data.action in _APPLIED_PHASE:
+                fields["url"] = None
+            fields["reason"] = data.note
+        elif isinstance(data, DeploymentReady):
+            fields |= {"phase": "Ready", "url": data.url}
+        elif isinstance(data, DeploymentFailed):
+            fields |= {"phase": "Failed", "reason": data.reason}
+        else:
+            fields["load_status"] = data.status
+            fields["reason"] = data.reason
+            fields["phase"] = _load_phase(data.status, previous)
+        latest[key] = DeploymentSummary.model_validate(fields)
+    return [latest[key] for key in sorted(latest)]
+
+
+def _load_phase(status: LoadStatus, previous: DeploymentSummary | None) -> str:
+    if status is LoadStatus.FAILED:
+        return "Failed"
+    if status is LoadStatus.SUCCEEDED:  # the weights are in place; readiness comes with deployment.ready
+        return "Ready" if previous is not None and previous.phase == "Ready" else "Loaded"
+    return "Loading"
+
+
+__all__ = ["DeploymentSummary", "summarize"]

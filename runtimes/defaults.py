@@ -1,0 +1,98 @@
+"""Template generation defaults → vLLM's own mechanisms, plus the one gap a middleware fills (pure).
+
+- sampling defaults (temperature, top_p, top_k, max_tokens, penalties) become
+  `--override-generation-config`: vLLM applies them exactly when a request leaves a value out;
+- `chat_template`, or a `prompt_format` with `{instruction}` turned into a chat template,
+  becomes `--chat-template`;
+- stop sequences have no server-side default in vLLM, so `RequestDefaults` adds them to the
+  JSON body of a chat or completion request that has no `stop` of its own.
+
+A `prompt_format` is a single-turn format: the instruction is the text of every message, in
+order, joined by a newline. Raw `/v1/completions` prompts are sent as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from templates.schema import GenerationDefaults, SamplingDefaults
+
+INSTRUCTION = "{instruction}"
+# routes whose request bodies take a `stop` field (after the /openai prefix is removed)
+STOP_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def generation_overrides(sampling: SamplingDefaults) -> dict[str, Any]:
+    """The `--override-generation-config` mapping (vLLM spells max_tokens the HF way there)."""
+    values = sampling.model_dump(exclude_none=True)
+    if "max_tokens" in values:
+        values["max_new_tokens"] = values.pop("max_tokens")
+    return values
+
+
+def _jinja_literal(text: str) -> str:
+    # Jinja string literals unescape like Python's; JSON escapes are a subset of those
+    return json.dumps(text, ensure_ascii=False)
+
+
+def prompt_format_chat_template(prompt_format: str) -> str:
+    """A Jinja chat template that renders `prompt_format` with the messages as `{instruction}`."""
+    if INSTRUCTION not in prompt_format:
+        raise ValueError(f"prompt_format must contain {INSTRUCTION}")
+    before, after = prompt_format.split(INSTRUCTION, 1)
+    return (
+        "{%- set ns = namespace(parts=[]) -%}"
+        "{%- for message in messages -%}"
+        "{%- if message['content'] is string -%}{%- set ns.parts = ns.parts + [message['content']] -%}{%- endif -%}"
+        "{%- endfor -%}"
+        "{{ bos_token if bos_token is defined and bos_token else '' }}"
+        f"{{{{ {_jinja_literal(before)} }}}}{{{{ ns.parts | join('\\n') }}}}{{{{ {_jinja_literal(after)} }}}}"
+    )
+
+
+def chat_template_for(generation: GenerationDefaults) -> str | None:
+    if generation.chat_template:
+        return generation.chat_template
+    if generation.prompt_format:
+        return prompt_format_chat_template(generation.prompt_format)
+    return None
+
+
+def default_engine_args(generation: GenerationDefaults, *, has_chat_template: bool = False) -> list[str]:
+    """vLLM arguments that carry the template's defaults (`has_chat_template`: the command line already sets one)."""
+    args = []
+    overrides = generation_overrides(generation.sampling)
+    if overrides:
+        args.append("--override-generation-config=" + json.dumps(overrides, sort_keys=True, separators=(",", ":")))
+    template = None if has_chat_template else chat_template_for(generation)
+    if template is not None:
+        args.append("--chat-template=" + template)
+    return args
+
+
+@dataclass(frozen=True)
+class RequestDefaults:
+    """Values added to a request body that leaves them out."""
+
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_generation(cls, generation: GenerationDefaults) -> RequestDefaults:
+        return cls(stop=tuple(generation.stop))
+
+    def applies_to(self, path: str) -> bool:
+        return bool(self.stop) and path in STOP_ROUTES
+
+    def rewrite(self, body: bytes) -> bytes | None:
+        """The body with the defaults filled in, or None to send it unchanged (also when it is not JSON:
+        vLLM then answers with its own 400)."""
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(document, dict) or document.get("stop") is not None:
+            return None
+        document["stop"] = list(self.stop)
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

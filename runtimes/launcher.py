@@ -1,0 +1,152 @@
+"""The runtime's entrypoint: `head` serves the model, `worker` joins the head's Ray cluster.
+
+    python -m runtimes head [--executor auto|ray|mp] [vLLM arguments...]
+    python -m runtimes worker [--head-address HOST] [--ray-port 6379]
+
+The head's own options come first; every other argument goes to vLLM's argument parser
+(the controller renders them with `runtimes.engine_args.engine_cli_args`). Nothing heavy is
+imported before it is needed: Ray only when the plan uses it, vLLM only to serve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+from runtimes.plan import ENV_GPUS, ENV_HEAD_SVC, LaunchPlan, PlanError, flag_value, plan_head
+from runtimes.ray_cluster import RayClusterError
+from runtimes.settings import RuntimeConfigError, RuntimeSettings
+
+logger = logging.getLogger("modelplane.runtime")
+
+DEFAULT_PORT = 8080  # KServe's container port
+DEFAULT_RAY_WAIT_SECONDS = 600.0
+# vLLM on the CPU sizes its KV cache from the host's memory, not the pod's limit: give it a fixed size
+CPU_KV_CACHE_GIB = "1"
+ENV_CPU_KV_CACHE = "VLLM_CPU_KVCACHE_SPACE"
+KV_CACHE_FLAGS = ("--kv-cache-memory-bytes",)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelplane-runtime", description=__doc__.splitlines()[0], allow_abbrev=False)
+    roles = parser.add_subparsers(dest="role", required=True)
+    head = roles.add_parser("head", help="serve the model (vLLM's OpenAI server); remaining arguments go to vLLM", allow_abbrev=False)
+    head.add_argument("--executor", choices=("auto", "ray", "mp"), default="auto", help="auto: Ray only for tensor parallelism or several nodes")
+    head.add_argument("--ray-port", type=int, default=6379, help="the Ray head's GCS port")
+    head.add_argument("--ray-node-ip", default=os.environ.get("POD_IP"), help="this node's address for Ray (default: $POD_IP or Ray's choice)")
+    head.add_argument("--ray-wait-timeout", type=float, default=DEFAULT_RAY_WAIT_SECONDS, help="seconds to wait for all nodes and GPUs")
+    worker = roles.add_parser("worker", help="join the head's Ray cluster and block", allow_abbrev=False)
+    worker.add_argument("--head-address", default=os.environ.get(ENV_HEAD_SVC), help="the head's host (default: $HEAD_SVC)")
+    worker.add_argument("--ray-port", type=int, default=6379)
+    worker.add_argument("--ray-node-ip", default=os.environ.get("POD_IP"))
+    worker.add_argument("--wait-timeout", type=float, default=DEFAULT_RAY_WAIT_SECONDS, help="seconds to wait for the head")
+    return parser
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [modelplane] %(message)s", datefmt="%m-%d %H:%M:%S"))
+    root = logging.getLogger("modelplane")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _process_started_at() -> float:
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # psutil missing or /proc unreadable: the launcher's start is close enough
+        return time.time() - time.process_time()
+
+
+def _on_gpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return not current_platform.is_cpu()
+
+
+def _parse_vllm_args(argv: Sequence[str]) -> argparse.Namespace:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    cli_env_setup()
+    parser = make_arg_parser(FlexibleArgumentParser(prog="modelplane runtime head", description="vLLM arguments"))
+    args = parser.parse_args(list(argv))
+    configure_logging_from_args(args)
+    validate_parsed_serve_args(args)
+    return args
+
+
+def build_plan(vllm_argv: Sequence[str], settings: RuntimeSettings, executor: str, on_gpu: bool) -> LaunchPlan:
+    argv = list(vllm_argv)
+    if flag_value(argv, ("--port",)) is None:
+        argv.append(f"--port={DEFAULT_PORT}")
+    return plan_head(argv, settings, os.environ, executor=executor, on_gpu=on_gpu, exists=os.path.exists)  # type: ignore[arg-type]
+
+
+def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
+    started_at = _process_started_at()
+    settings = RuntimeSettings.from_env(os.environ)
+    on_gpu = _on_gpu()
+    plan = build_plan(vllm_argv, settings, options.executor, on_gpu)
+    if not on_gpu and ENV_CPU_KV_CACHE not in os.environ and flag_value(plan.vllm_argv, KV_CACHE_FLAGS) is None:
+        os.environ[ENV_CPU_KV_CACHE] = CPU_KV_CACHE_GIB
+    logger.info(
+        "model %s, task %s, executor %s (tensor %d x pipeline %d on %d node(s))",
+        plan.model, settings.task, plan.executor, plan.topology.tensor, plan.topology.pipeline, plan.topology.nodes,
+    )
+    args = _parse_vllm_args(plan.vllm_argv)
+    with ExitStack() as stack:
+        if plan.uses_ray:
+            from runtimes.ray_cluster import RayHead, wait_for_cluster
+
+            head = stack.enter_context(RayHead(options.ray_port, node_ip=options.ray_node_ip, num_gpus=plan.topology.gpus_per_node))
+            os.environ["RAY_ADDRESS"] = head.address
+            wait_for_cluster(head.address, nodes=plan.topology.nodes, gpus=plan.expected_gpus, timeout=options.ray_wait_timeout)
+        import uvloop
+
+        from runtimes.server import serve
+
+        uvloop.run(serve(args, settings, started_at=started_at))
+    return 0
+
+
+def run_worker(options: argparse.Namespace) -> int:
+    from runtimes.ray_cluster import run_worker as join
+
+    if not options.head_address:
+        raise PlanError(f"the worker needs the head's address: --head-address or ${ENV_HEAD_SVC}")
+    gpus = os.environ.get(ENV_GPUS)
+    join(f"{options.head_address}:{options.ray_port}", timeout=options.wait_timeout, node_ip=options.ray_node_ip, num_gpus=int(gpus) if gpus else None)
+    return 0  # not reached: the worker becomes `ray start --block`
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _configure_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    options, rest = parser.parse_known_args(argv)
+    if options.role == "worker" and rest:
+        parser.error(f"unknown worker arguments: {' '.join(rest)}")
+    try:
+        if options.role == "worker":
+            return run_worker(options)
+        return run_head(options, rest)
+    except (PlanError, RuntimeConfigError) as exc:
+        print(f"modelplane runtime: error: {exc}", file=sys.stderr)
+        return 2
+    except RayClusterError as exc:
+        print(f"modelplane runtime: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        logger.info("stopped while starting")
+        return 0

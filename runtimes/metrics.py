@@ -1,0 +1,32 @@
+"""The runtime's own Prometheus metrics; vLLM's /metrics serves them next to vLLM's."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+PREFIX = "modelplane_runtime"
+
+
+class RuntimeMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.in_flight = Gauge(f"{PREFIX}_in_flight_requests", "Inference requests being served now", registry=registry)
+        self.max_concurrency = Gauge(
+            f"{PREFIX}_max_concurrency", "Concurrent requests served before answering 429 (0: no limit)", registry=registry
+        )
+        self.rejected = Counter(
+            f"{PREFIX}_rejected_requests",
+            "Requests refused before reaching vLLM, by reason (overloaded = 429, draining = 503, unauthorized = 401)",
+            ["reason"],
+            registry=registry,
+        )
+        self.readiness = Counter(
+            f"{PREFIX}_readiness_probes", "Readiness probes that ran a real generation, by result", ["result"], registry=registry
+        )
+        self.cold_start = Gauge(
+            f"{PREFIX}_cold_start_seconds", "Seconds from process start until the server accepted requests", registry=registry
+        )
+        self.draining = Gauge(f"{PREFIX}_draining", "1 after SIGTERM while in-flight requests finish", registry=registry)
+        for reason in ("overloaded", "draining", "unauthorized"):
+            self.rejected.labels(reason)
+        for result in ("ready", "not_ready"):
+            self.readiness.labels(result)

@@ -1,0 +1,147 @@
+"""Serve vLLM's own OpenAI app behind the runtime gate, with readiness, metrics and a SIGTERM drain.
+
+The engine, the FastAPI app and its state come from vLLM's launcher functions unchanged;
+this module only adds `/ready`, OpenAI-style bodies for routing errors, the gate, and its
+own serve loop so that SIGTERM drains in-flight requests before the engine stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from argparse import Namespace
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runtimes.defaults import RequestDefaults
+from runtimes.gate import RuntimeGate
+from runtimes.metrics import RuntimeMetrics
+from runtimes.readiness import ReadinessProbe, engine_probe
+from runtimes.settings import RuntimeSettings
+
+logger = logging.getLogger("modelplane.runtime")
+# after the drain, uvicorn only closes idle keep-alive connections
+SHUTDOWN_SECONDS_AFTER_DRAIN = 2
+
+
+def runtime_router(gate: RuntimeGate, probe: ReadinessProbe) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/ready", include_in_schema=False)
+    async def ready() -> JSONResponse:
+        if gate.draining:
+            return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
+        result = await probe.check()
+        return JSONResponse({"ready": result.ready, "reason": result.reason}, status_code=200 if result.ready else 503)
+
+    return router
+
+
+def install_routes(app: FastAPI, gate: RuntimeGate, probe: ReadinessProbe) -> None:
+    from vllm.entrypoints.serve.exception_handling.handlers.http import http_exception_handler
+
+    app.include_router(runtime_router(gate, probe))
+    # vLLM handles FastAPI's HTTPException; routing 404/405 and body-parse errors raise Starlette's
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
+    app.middleware_stack = None  # vLLM's SageMaker bootstrap built it already: rebuild with the handler
+
+
+async def drain(server: uvicorn.Server, gate: RuntimeGate, grace_seconds: float) -> None:
+    gate.start_draining()
+    logger.info("SIGTERM: refusing new requests, waiting up to %.0f s for %d in flight", grace_seconds, gate.in_flight)
+    if await gate.wait_idle(grace_seconds):
+        logger.info("drained: no request in flight; stopping")
+    else:
+        logger.warning("%d requests still in flight after %.0f s; stopping anyway", gate.in_flight, grace_seconds)
+        server.force_exit = True
+    server.should_exit = True
+
+
+def _uvicorn_config(app: Any, args: Namespace) -> uvicorn.Config:
+    import vllm.envs as envs
+    from vllm.entrypoints.launchers.utils.server_utils import get_uvicorn_log_config
+
+    kwargs: dict[str, Any] = {}
+    if (log_config := get_uvicorn_log_config(args)) is not None:
+        kwargs["log_config"] = log_config
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.uvicorn_log_level,
+        access_log=not args.disable_uvicorn_access_log,
+        timeout_keep_alive=envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS_AFTER_DRAIN,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
+        ssl_ca_certs=args.ssl_ca_certs,
+        ssl_cert_reqs=args.ssl_cert_reqs,
+        ssl_ciphers=args.ssl_ciphers,
+        **kwargs,
+    )
+    if args.h11_max_incomplete_event_size is not None:
+        config.h11_max_incomplete_event_size = args.h11_max_incomplete_event_size
+    if args.h11_max_header_count is not None:
+        config.h11_max_header_count = args.h11_max_header_count
+    return config
+
+
+async def serve(args: Namespace, settings: RuntimeSettings, *, started_at: float) -> None:
+    """Load the engine, serve until SIGTERM/SIGINT, drain, stop. `started_at`: process start (epoch seconds)."""
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.launcher import NoSignalServer, setup_server, watchdog_loop
+
+    def interrupt_loading(*_: object) -> None:
+        raise KeyboardInterrupt("SIGTERM while loading")
+
+    signal.signal(signal.SIGTERM, interrupt_loading)  # nothing is in flight yet: stop at once
+    _, sock = setup_server(args, reuse_port=False)
+    metrics = RuntimeMetrics()
+    try:
+        async with build_async_engine_client(args) as engine_client:
+            supported_tasks = await engine_client.get_supported_tasks()
+            app = build_app(args, supported_tasks, engine_client.model_config)
+            await init_app_state(engine_client, app.state, args, supported_tasks)
+            gate = RuntimeGate(
+                app,
+                metrics=metrics,
+                max_concurrency=settings.max_concurrency,
+                api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+                defaults=RequestDefaults.from_generation(settings.generation),
+            )
+            probe = ReadinessProbe(engine_probe(engine_client, settings.task), metrics=metrics, cache_seconds=settings.ready_cache_seconds)
+            install_routes(app, gate, probe)
+            server = NoSignalServer(_uvicorn_config(gate, args))
+            app.state.server = server
+
+            loop = asyncio.get_running_loop()
+            draining: list[asyncio.Task[None]] = []
+
+            def on_signal() -> None:
+                if draining:  # a second signal: stop now
+                    server.force_exit = server.should_exit = True
+                    return
+                draining.append(loop.create_task(drain(server, gate, settings.drain_seconds)))
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_signal)
+            watchdog = loop.create_task(watchdog_loop(server, engine_client))
+            cold_start = time.time() - started_at
+            metrics.cold_start.set(cold_start)
+            logger.info("serving %s on %s:%s (cold start %.1f s)", args.served_model_name, args.host, args.port, cold_start)
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                watchdog.cancel()
+                for task in draining:
+                    task.cancel()
+    finally:
+        sock.close()

@@ -1,0 +1,70 @@
+"""The runtime's own settings, read from the environment the controller renders (pure).
+
+`runtimes.engine_args.runtime_env` writes these variables; this module reads them back,
+so a typo or a bad value stops the launcher with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from runtimes.engine_args import ENV_API_KEY, ENV_GENERATION_DEFAULTS, ENV_MAX_CONCURRENCY, ENV_TASK
+from templates.schema import GenerationDefaults, errors_from
+
+ENV_DRAIN_SECONDS = "MODELPLANE_DRAIN_SECONDS"
+ENV_READY_CACHE_SECONDS = "MODELPLANE_READY_CACHE_SECONDS"
+DEFAULT_DRAIN_SECONDS = 30.0
+DEFAULT_READY_CACHE_SECONDS = 5.0
+
+
+class RuntimeConfigError(ValueError):
+    """The runtime's environment is invalid; the message names the variable."""
+
+
+class RuntimeSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: Literal["generate", "embed"] = "generate"
+    max_concurrency: int | None = Field(default=None, ge=1, description="None: no limit")
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    api_key: SecretStr | None = None
+    drain_seconds: float = Field(default=DEFAULT_DRAIN_SECONDS, ge=0)
+    ready_cache_seconds: float = Field(default=DEFAULT_READY_CACHE_SECONDS, ge=0)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RuntimeSettings:
+        """Settings from `MODELPLANE_*` variables; raises `RuntimeConfigError` naming the bad one."""
+        values: dict[str, object] = {}
+        sources = {
+            "task": ENV_TASK,
+            "max_concurrency": ENV_MAX_CONCURRENCY,
+            "api_key": ENV_API_KEY,
+            "drain_seconds": ENV_DRAIN_SECONDS,
+            "ready_cache_seconds": ENV_READY_CACHE_SECONDS,
+        }
+        for field, variable in sources.items():
+            raw = env.get(variable, "").strip()
+            if raw:
+                values[field] = raw
+        raw_defaults = env.get(ENV_GENERATION_DEFAULTS, "").strip()
+        if raw_defaults:
+            try:
+                values["generation"] = json.loads(raw_defaults)
+            except json.JSONDecodeError as exc:
+                raise RuntimeConfigError(f"{ENV_GENERATION_DEFAULTS} is not valid JSON: {exc}") from None
+        try:
+            settings = cls.model_validate(values)
+        except ValidationError as exc:
+            variables = {**sources, "generation": ENV_GENERATION_DEFAULTS}
+            problems = []
+            for location, message in errors_from(exc):
+                field, _, rest = location.partition(".")
+                problems.append(f"{variables.get(field, field)}{'.' + rest if rest else ''}: {message}")
+            raise RuntimeConfigError("invalid runtime environment: " + "; ".join(problems)) from None
+        if settings.task == "embed" and settings.generation != GenerationDefaults():
+            raise RuntimeConfigError(f"{ENV_GENERATION_DEFAULTS} does not apply to an embedding model ({ENV_TASK}=embed)")
+        return settings

@@ -1,0 +1,184 @@
+"""The reconciler against the real `dir` sink: writes only what changed, deletes what is no longer desired."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from controller.config import RenderConfig
+from controller.reconciler import Reconciler
+from controller.sinks.base import ApplyAction, Object, TransientSinkError
+from controller.sinks.dir import DirSink
+from controller.state import DesiredState, InboundEvent
+from events.types import (
+    DeploymentApplied,
+    DeploymentDeleted,
+    DeploymentFailed,
+    DeploymentLoadStatus,
+    DeploymentRequested,
+    DeploymentStopped,
+    EventKind,
+    LoadStatus,
+    TemplateVersionDeleted,
+    TemplateVersionPublished,
+)
+from tests.controller.test_state import KINDS, version
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[EventKind, BaseModel, str]] = []
+
+    async def report(self, kind: EventKind, data: BaseModel, template: str) -> None:
+        self.events.append((kind, data, template))
+
+    def of(self, kind: EventKind) -> list[Any]:
+        return [data for k, data, _ in self.events if k is kind]
+
+
+class CountingSink(DirSink):
+    """The real dir sink, counting calls and optionally failing transiently."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, fsync=False)
+        self.applies = 0
+        self.deletes = 0
+        self.fail_next: int = 0
+
+    async def apply(self, isvc: Object) -> ApplyAction:
+        self.applies += 1
+        if self.fail_next:
+            self.fail_next -= 1
+            raise TransientSinkError("API 503")
+        return await super().apply(isvc)
+
+    async def delete(self, namespace: str, name: str) -> bool:
+        self.deletes += 1
+        return await super().delete(namespace, name)
+
+
+class Harness:
+    def __init__(self, root: Path) -> None:
+        self.state = DesiredState()
+        self.sink = CountingSink(root)
+        self.recorder = Recorder()
+        self.reconciler = Reconciler(self.state, self.sink, RenderConfig(), self.recorder)
+        self.sequence = 0
+
+    def event(self, data: BaseModel) -> str:
+        self.sequence += 1
+        reduction = self.state.apply(InboundEvent(KINDS[type(data)], data, f"e{self.sequence}", self.sequence))
+        return reduction.template
+
+    def file(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        return yaml.safe_load((self.sink.root / namespace / f"{name}.yaml").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+async def test_identical_content_causes_no_write(h: Harness) -> None:
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo"))
+    first = await h.reconciler.reconcile("tiny-demo", [("default", "tiny-demo")])
+    assert first.actions == {("default", "tiny-demo"): "created"} and h.sink.applies == 1
+    h.event(version(1))  # duplicate publish
+    again = await h.reconciler.reconcile("tiny-demo")
+    assert again.actions == {("default", "tiny-demo"): "unchanged"} and h.sink.applies == 1, "no API call at all"
+    applied = h.recorder.of(EventKind.DEPLOYMENT_APPLIED)
+    assert [a.action for a in applied] == ["created"]
+    assert [s.status for s in h.recorder.of(EventKind.LOAD_STATUS)] == [LoadStatus.REQUESTED, LoadStatus.LOADING]
+    assert isinstance(applied[0], DeploymentApplied) and applied[0].scale_to_zero
+
+
+async def test_new_version_updates_followers_and_an_older_one_does_not(h: Harness) -> None:
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo"))
+    await h.reconciler.reconcile("tiny-demo")
+    h.event(version(3, max_tokens=64))
+    result = await h.reconciler.reconcile("tiny-demo")
+    assert result.actions == {("default", "tiny-demo"): "updated"}
+    assert h.file("tiny-demo")["metadata"]["labels"]["modelplane.ai/version"] == "3"
+    h.event(version(2, max_tokens=16))  # older, arrives late
+    assert (await h.reconciler.reconcile("tiny-demo")).writes == 0
+    assert h.file("tiny-demo")["metadata"]["labels"]["modelplane.ai/version"] == "3"
+
+
+async def test_stop_resume_and_delete_are_reported(h: Harness) -> None:
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo", namespace="llm"))
+    await h.reconciler.reconcile("tiny-demo")
+    h.event(DeploymentStopped(template="tiny-demo", namespace="llm"))
+    assert (await h.reconciler.reconcile("tiny-demo")).actions == {("llm", "tiny-demo"): "stopped"}
+    assert h.file("tiny-demo", "llm")["metadata"]["annotations"]["serving.kserve.io/stop"] == "true"
+    h.event(DeploymentDeleted(template="tiny-demo", namespace="llm"))
+    assert (await h.reconciler.reconcile("tiny-demo")).actions == {("llm", "tiny-demo"): "deleted"}
+    assert not (h.sink.root / "llm" / "tiny-demo.yaml").exists()
+    assert [a.action for a in h.recorder.of(EventKind.DEPLOYMENT_APPLIED)] == ["created", "stopped", "deleted"]
+
+
+async def test_deleting_the_pinned_version_deletes_the_service(h: Harness) -> None:
+    h.event(version(1))
+    h.event(version(2))
+    h.event(DeploymentRequested(template="tiny-demo", name="pinned", version=2))
+    h.event(DeploymentRequested(template="tiny-demo", name="latest"))
+    await h.reconciler.reconcile("tiny-demo")
+    h.event(TemplateVersionDeleted(template="tiny-demo", version=2))
+    result = await h.reconciler.reconcile("tiny-demo")
+    assert result.actions == {("default", "pinned"): "deleted", ("default", "latest"): "updated"}
+    assert h.file("latest")["metadata"]["labels"]["modelplane.ai/version"] == "1"
+
+
+async def test_transient_failure_is_retried_by_the_next_reconciliation(h: Harness) -> None:
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo"))
+    h.sink.fail_next = 1
+    result = await h.reconciler.reconcile("tiny-demo")
+    assert isinstance(result.transient, TransientSinkError) and not (h.sink.root / "default").exists()
+    assert (await h.reconciler.reconcile("tiny-demo")).actions == {("default", "tiny-demo"): "created"}
+
+
+async def test_objects_not_managed_by_modelplane_are_never_touched(h: Harness) -> None:
+    foreign = h.sink.root / "default" / "tiny-demo.yaml"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text(yaml.safe_dump({"kind": "InferenceService", "metadata": {"name": "tiny-demo"}}))
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo"))
+    result = await h.reconciler.reconcile("tiny-demo", [("default", "tiny-demo")])
+    assert "not managed by modelplane" in result.failures[("default", "tiny-demo")]
+    assert "modelplane" not in foreign.read_text()
+    failed = h.recorder.of(EventKind.DEPLOYMENT_FAILED)
+    assert isinstance(failed[0], DeploymentFailed) and "not managed" in failed[0].reason
+
+
+async def test_prime_and_reconcile_all_collect_orphans(h: Harness) -> None:
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo", name="keep"))
+    h.event(DeploymentRequested(template="tiny-demo", name="orphan"))
+    await h.reconciler.reconcile("tiny-demo")
+    restarted = Harness(h.sink.root)  # a new controller whose stream no longer asks for "orphan"
+    restarted.event(version(1))
+    restarted.event(DeploymentRequested(template="tiny-demo", name="keep"))
+    assert await restarted.reconciler.prime() == 2
+    result = await restarted.reconciler.reconcile_all()
+    assert result.actions == {("default", "keep"): "unchanged", ("default", "orphan"): "deleted"}
+    assert restarted.sink.applies == 0, "the live hashes came from list_managed: no write for what matches"
+
+
+async def test_overrides_that_stop_fitting_a_new_version_report_a_failure(h: Harness) -> None:
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo", overrides={"max_replicas": 1}))  # type: ignore[arg-type]
+    await h.reconciler.reconcile("tiny-demo")
+    document = version(2).model_dump(by_alias=True)
+    document["spec"]["scaling"] = {"min_replicas": 2, "max_replicas": 3}
+    h.event(TemplateVersionPublished.model_validate(document))
+    result = await h.reconciler.reconcile("tiny-demo")
+    assert "overrides do not fit tiny-demo@2" in result.failures[("default", "tiny-demo")]
+    assert h.file("tiny-demo")["metadata"]["labels"]["modelplane.ai/version"] == "1", "the running service is left alone"
+    assert not [s for s in h.recorder.of(EventKind.LOAD_STATUS) if isinstance(s, DeploymentLoadStatus) and s.version == 2]

@@ -1,0 +1,63 @@
+"""One valid data model per event kind, for round trips and schema checks."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import BaseModel
+
+from events.types import (
+    DATA_MODELS,
+    DeploymentApplied,
+    DeploymentDeleted,
+    DeploymentFailed,
+    DeploymentLoadStatus,
+    DeploymentReady,
+    DeploymentRequested,
+    DeploymentResumed,
+    DeploymentStopped,
+    EventKind,
+    EventRejected,
+    LoadStatus,
+    TemplateVersionDeleted,
+    TemplateVersionPublished,
+)
+from templates.catalog import CATALOG_DIR, load_file
+
+
+@cache
+def tiny_version() -> TemplateVersionPublished:
+    return TemplateVersionPublished.model_validate(load_file(CATALOG_DIR / "tiny-demo.yaml").to_document())
+
+
+def version_of(template: str, number: int, source: str = "hf://acme/model-7b") -> TemplateVersionPublished:
+    """A small valid version document for `template`."""
+    return TemplateVersionPublished.model_validate(
+        {"template": {"name": template}, "version": number, "spec": {"source": source, "scaling": {"max_replicas": 2}}}
+    )
+
+
+def sample(kind: EventKind) -> BaseModel:
+    status = {"template": "tiny-demo", "version": 1, "namespace": "llm", "name": "tiny-demo", "content_hash": tiny_version().content_hash}
+    samples: dict[EventKind, BaseModel] = {
+        EventKind.VERSION_PUBLISHED: tiny_version(),
+        EventKind.VERSION_DELETED: TemplateVersionDeleted(template="tiny-demo", version=1),
+        EventKind.DEPLOYMENT_REQUESTED: DeploymentRequested.model_validate(
+            {"template": "tiny-demo", "version": 1, "namespace": "llm", "name": "tiny", "overrides": {"min_replicas": 1, "keep_hot": "30m"}}
+        ),
+        EventKind.DEPLOYMENT_DELETED: DeploymentDeleted(template="tiny-demo", namespace="llm"),
+        EventKind.DEPLOYMENT_STOPPED: DeploymentStopped(template="tiny-demo", namespace="llm"),
+        EventKind.DEPLOYMENT_RESUMED: DeploymentResumed(template="tiny-demo", namespace="llm"),
+        EventKind.DEPLOYMENT_APPLIED: DeploymentApplied.model_validate(status | {"action": "created"}),
+        EventKind.DEPLOYMENT_READY: DeploymentReady.model_validate(status | {"url": "http://tiny-demo.llm.example.com"}),
+        EventKind.DEPLOYMENT_FAILED: DeploymentFailed.model_validate(status | {"reason": "image pull failed"}),
+        EventKind.LOAD_STATUS: DeploymentLoadStatus.model_validate(status | {"status": LoadStatus.LOADING}),
+        EventKind.EVENT_REJECTED: EventRejected(
+            original_id="abc",
+            original_type="ai.modelplane.deployment.requested",
+            subject="modelplane.templates.x.deployment.requested",
+            reason="bad",
+        ),
+    }
+    assert set(samples) == set(DATA_MODELS), "a new event kind needs a sample"
+    return samples[kind]

@@ -1,0 +1,258 @@
+"""Against a real nats-server: the stream, the publisher, readers, deduplication and ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from nats.js.api import StorageType
+
+import events
+from events.codec import EventDataError, encode, nats_subject
+from events.local_server import LocalNatsServer
+from events.options import NatsOptions
+from events.publisher import Publisher, PublishError
+from events.reader import ReceivedEvent, follow, replay, status_subjects
+from events.stream import ProvisionOutcome, StreamConfigMismatch, StreamSettings, provision_stream
+from events.types import STREAM_NAME, DeploymentRequested, EventKind
+from tests.events.samples import sample, version_of
+from tests.fixtures.nats import nats_client
+
+INBOUND = [kind for kind in EventKind if kind.inbound]
+
+
+async def _all(options: NatsOptions, subject_filter: str | None = None) -> list[ReceivedEvent]:
+    async with nats_client(options) as client, contextlib.aclosing(replay(client, subject_filter)) as items:
+        return [item async for item in items]
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+async def test_every_event_round_trips_through_jetstream(nats_options: NatsOptions, clean_stream: StreamSettings, mode: str) -> None:
+    async with nats_client(nats_options) as client:
+        publisher = Publisher(client, mode=mode, source="/tests/jetstream")  # type: ignore[arg-type]
+        results = [await publisher.publish(kind, sample(kind)) for kind in EventKind]
+
+    stored = await _all(nats_options)
+
+    assert [item.sequence for item in stored] == [result.sequence for result in results] == list(range(1, len(EventKind) + 1))
+    for kind, result, item in zip(EventKind, results, stored, strict=True):
+        assert item.error is None and item.event is not None
+        assert (item.event.kind, item.event.id, item.event.mode) == (kind, result.event_id, mode)
+        assert item.event.data == sample(kind)
+        assert item.subject == result.subject == nats_subject(kind, sample(kind))
+
+
+async def test_an_event_made_by_the_cloudevents_sdk_is_read_from_the_stream(
+    nats_options: NatsOptions, clean_stream: StreamSettings
+) -> None:
+    event = CloudEvent(
+        {
+            "id": "from-sdk",
+            "source": "/another/tool",
+            "type": EventKind.DEPLOYMENT_REQUESTED.ce_type,
+            "datacontenttype": "application/json",
+        },
+        {"template": "gemma-7b-it", "namespace": "llm"},
+    )
+    message = ce_http.to_structured(event, JSONFormat())
+    async with nats_client(nats_options) as client:
+        await client.jetstream().publish("modelplane.templates.gemma-7b-it.deployment.requested", message.body, headers=message.headers)
+
+    [item] = await _all(nats_options)
+
+    assert item.event is not None
+    assert (item.event.id, item.event.mode, item.event.source) == ("from-sdk", "structured", "/another/tool")
+    assert item.event.data == DeploymentRequested(template="gemma-7b-it", namespace="llm")
+
+
+async def test_the_same_event_published_twice_is_stored_once(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
+    version = version_of("dedup", 1)
+    async with nats_client(nats_options) as client:
+        publisher = Publisher(client)
+        first = await publisher.publish_version(version, event_id="same-id")
+        second = await publisher.publish_version(version, event_id="same-id")
+        info = await client.jetstream().stream_info(STREAM_NAME)
+
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert first.sequence == second.sequence
+    assert info.state.messages == 1
+
+
+async def test_each_template_keeps_its_order(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
+    templates = ["alpha", "beta", "gamma"]
+
+    async def publish_versions(client_publisher: Publisher, template: str) -> None:
+        for number in range(1, 11):
+            await client_publisher.publish_version(version_of(template, number))
+
+    async with nats_client(nats_options) as client:
+        publisher = Publisher(client)
+        await asyncio.gather(*(publish_versions(publisher, template) for template in templates))
+
+    for template in templates:
+        stored = await _all(nats_options, f"modelplane.templates.{template}.>")
+        numbers = [item.event.data.version for item in stored if item.event]  # type: ignore[attr-defined]
+        sequences = [item.sequence or 0 for item in stored]
+        assert numbers == list(range(1, 11))
+        assert sequences == sorted(sequences)
+
+
+async def test_provisioning_is_idempotent_and_updates_what_changed(nats_options: NatsOptions) -> None:
+    settings = StreamSettings(name="PROVISION", subject_root="provision")
+    async with nats_client(nats_options) as client:
+        js = client.jetstream()
+        created = await provision_stream(js, settings)
+        again = await provision_stream(js, settings)
+        updated = await provision_stream(js, settings.model_copy(update={"max_age_seconds": 3600.0, "duplicate_window_seconds": 60.0}))
+        info = await js.stream_info("PROVISION")
+        await js.delete_stream("PROVISION")
+
+    assert (created.outcome, again.outcome, updated.outcome) == (
+        ProvisionOutcome.CREATED,
+        ProvisionOutcome.UNCHANGED,
+        ProvisionOutcome.UPDATED,
+    )
+    assert again.changed == {}
+    assert set(updated.changed) == {"max_age", "duplicate_window"}
+    assert (info.config.max_age, info.config.duplicate_window) == (3600.0, 60.0)
+    assert info.config.subjects == ["provision.templates.>", "provision.status.>", "provision.deadletter.>"]
+
+
+async def test_a_stream_that_cannot_be_updated_is_reported_with_its_fields(nats_options: NatsOptions) -> None:
+    settings = StreamSettings(name="MISMATCH", subject_root="mismatch")
+    async with nats_client(nats_options) as client:
+        js = client.jetstream()
+        await js.add_stream(settings.config().evolve(storage=StorageType.MEMORY))
+        try:
+            with pytest.raises(StreamConfigMismatch) as caught:
+                await provision_stream(js, settings)
+        finally:
+            await js.delete_stream("MISMATCH")
+
+    assert set(caught.value.fields) == {"storage"}
+    assert "storage: 'memory' (wanted 'file')" in str(caught.value)
+
+
+async def test_overlapping_subjects_are_reported(nats_options: NatsOptions) -> None:
+    async with nats_client(nats_options) as client:
+        js = client.jetstream()
+        await provision_stream(js, StreamSettings(name="FIRST", subject_root="overlap"))
+        try:
+            with pytest.raises(StreamConfigMismatch, match="refused to create"):
+                await provision_stream(js, StreamSettings(name="SECOND", subject_root="overlap"))
+        finally:
+            await js.delete_stream("FIRST")
+
+
+async def test_invalid_data_is_refused_before_sending(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
+    document = version_of("refused", 1).to_document()
+    document["spec"]["resources"] = {"gpus": 2}  # 2 GPUs but tensor x pipeline = 1
+    async with nats_client(nats_options) as client:
+        publisher = Publisher(client)
+        with pytest.raises(EventDataError) as caught:
+            await publisher.publish_version(document)
+        with pytest.raises(EventDataError, match="namespace"):
+            await publisher.request_deployment("refused", namespace="Not A Namespace")
+        info = await client.jetstream().stream_info(STREAM_NAME)
+
+    assert [path for path, _ in caught.value.errors] == ["spec"]
+    assert "parallelism" in str(caught.value)
+    assert info.state.messages == 0
+
+
+async def test_publishing_without_a_stream_says_to_provision(nats_options: NatsOptions) -> None:
+    async with nats_client(nats_options) as client:
+        publisher = Publisher(client, subject_root="nostream", stream="NOSTREAM")
+        with pytest.raises(PublishError, match="modelplane stream provision"):
+            await publisher.request_deployment("tiny-demo")
+
+
+async def test_the_publisher_helpers_send_the_right_events(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
+    async with await Publisher.connect(nats_options) as publisher:
+        await publisher.request_deployment("tiny-demo", version=2, namespace="llm", name="tiny", overrides={"priority": 2})
+        await publisher.stop_deployment("tiny-demo", namespace="llm", name="tiny")
+        await publisher.resume_deployment("tiny-demo", namespace="llm", name="tiny")
+        await publisher.delete_deployment("tiny-demo", namespace="llm", name="tiny")
+        await publisher.delete_version("tiny-demo", 2)
+
+    stored = [item.event for item in await _all(nats_options)]
+
+    assert [event.kind for event in stored if event] == [
+        EventKind.DEPLOYMENT_REQUESTED,
+        EventKind.DEPLOYMENT_STOPPED,
+        EventKind.DEPLOYMENT_RESUMED,
+        EventKind.DEPLOYMENT_DELETED,
+        EventKind.VERSION_DELETED,
+    ]
+    requested = stored[0]
+    assert requested is not None and isinstance(requested.data, DeploymentRequested)
+    assert (requested.data.version, requested.data.key, requested.data.overrides.priority) == (2, ("llm", "tiny"), 2)
+
+
+async def test_follow_sees_status_events_and_dead_letters_but_not_inbound_ones(
+    nats_options: NatsOptions, clean_stream: StreamSettings
+) -> None:
+    ready = asyncio.Event()
+    async with nats_client(nats_options) as client:
+
+        async def collect() -> list[ReceivedEvent]:
+            items = follow(client, status_subjects(), count=2, stop_after=10, on_ready=ready.set)
+            return [item async for item in items]
+
+        collecting = asyncio.create_task(collect())
+        await ready.wait()
+        publisher = Publisher(client, source="/controller")
+        await publisher.request_deployment("tiny-demo")  # inbound: not followed
+        await publisher.publish(EventKind.DEPLOYMENT_READY, sample(EventKind.DEPLOYMENT_READY))
+        await publisher.publish(EventKind.EVENT_REJECTED, sample(EventKind.EVENT_REJECTED))
+        received = await collecting
+
+    assert [item.event.kind for item in received if item.event] == [EventKind.DEPLOYMENT_READY, EventKind.EVENT_REJECTED]
+    assert [item.subject for item in received] == ["modelplane.status.tiny-demo.deployment.ready", "modelplane.deadletter.x"]
+
+
+async def test_replay_reports_undecodable_messages_without_stopping(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
+    headers, payload = encode(EventKind.DEPLOYMENT_DELETED, sample(EventKind.DEPLOYMENT_DELETED), source="/t")
+    async with nats_client(nats_options) as client:
+        js = client.jetstream()
+        await js.publish("modelplane.templates.tiny-demo.deployment.deleted", b"garbage", headers={"content-type": "text/plain"})
+        await js.publish("modelplane.templates.tiny-demo.deployment.deleted", payload, headers=headers)
+
+    first, second = await _all(nats_options)
+
+    assert first.event is None and first.error is not None and "not a CloudEvent" in first.error.reason
+    assert second.event is not None and second.event.kind is EventKind.DEPLOYMENT_DELETED
+
+
+async def test_a_restarted_server_keeps_the_stream(tmp_path: Path) -> None:
+    async with LocalNatsServer(store_dir=tmp_path / "store") as server:
+        async with await Publisher.connect(server.options()) as publisher:
+            await provision_stream(publisher.client.jetstream())
+            await publisher.request_deployment("tiny-demo", event_id="before-restart")
+        port = server.port
+        await asyncio.to_thread(server.restart)
+
+        async with nats_client(server.options()) as client:
+            info = await client.jetstream().stream_info(STREAM_NAME)
+
+    assert server.port == port
+    assert info.state.messages == 1
+
+
+async def test_the_one_shot_publish_function(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
+    result = await events.publish(EventKind.DEPLOYMENT_STOPPED, {"template": "tiny-demo", "namespace": "llm"}, options=nats_options)
+
+    [item] = await _all(nats_options)
+    assert item.event is not None and (item.event.id, item.event.kind) == (result.event_id, EventKind.DEPLOYMENT_STOPPED)
+
+
+async def test_an_event_stored_by_another_stream_is_an_error(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
+    async with nats_client(nats_options) as client:
+        publisher = Publisher(client, stream="SOMEWHERE_ELSE")
+        with pytest.raises(PublishError, match=f"stored by stream {STREAM_NAME}, not SOMEWHERE_ELSE"):
+            await publisher.request_deployment("tiny-demo")

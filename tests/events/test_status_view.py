@@ -1,0 +1,77 @@
+"""Folding status events into one row per deployment (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from events.codec import DecodedEvent, validate_data
+from events.status_view import summarize
+from events.types import EventKind
+
+TINY = {"template": "tiny-demo", "namespace": "llm", "name": "tiny-demo"}
+
+
+def _event(number: int, kind: EventKind, **data: Any) -> DecodedEvent:
+    return DecodedEvent(
+        id=f"e{number}",
+        kind=kind,
+        source="/controller",
+        time=datetime(2024, 1, 1, 0, number, tzinfo=UTC),
+        content_hash=None,
+        data=validate_data(kind, TINY | data),
+    )
+
+
+def _phases(*events: DecodedEvent) -> list[str]:
+    """The phase after each event."""
+    return [summarize(events[: index + 1])[0].phase for index in range(len(events))]
+
+
+def test_a_deployment_goes_from_applied_through_loading_to_ready() -> None:
+    events = (
+        _event(1, EventKind.DEPLOYMENT_APPLIED, version=1, action="created"),
+        _event(2, EventKind.LOAD_STATUS, status="REQUESTED"),
+        _event(3, EventKind.LOAD_STATUS, status="LOADING"),
+        _event(4, EventKind.LOAD_STATUS, status="SUCCEEDED"),
+        _event(5, EventKind.DEPLOYMENT_READY, url="http://tiny"),
+        _event(6, EventKind.LOAD_STATUS, status="SUCCEEDED"),
+    )
+
+    assert _phases(*events) == ["Applied", "Loading", "Loading", "Loaded", "Ready", "Ready"]
+    [row] = summarize(events)
+    assert (row.version, row.url, row.event_id, row.updated) == (1, "http://tiny", "e6", datetime(2024, 1, 1, 0, 6, tzinfo=UTC))
+
+
+def test_stop_delete_and_failure_replace_the_url_or_give_a_reason() -> None:
+    ready = _event(1, EventKind.DEPLOYMENT_READY, url="http://tiny")
+    stopped = _event(2, EventKind.DEPLOYMENT_APPLIED, action="stopped")
+    failed = _event(3, EventKind.DEPLOYMENT_FAILED, reason="CrashLoopBackOff")
+    deleted = _event(4, EventKind.DEPLOYMENT_APPLIED, action="deleted")
+
+    assert _phases(ready, stopped, failed, deleted) == ["Ready", "Stopped", "Failed", "Deleted"]
+    assert summarize([ready, stopped])[0].url is None
+    assert summarize([ready, failed])[0].reason == "CrashLoopBackOff"
+
+
+def test_one_row_per_namespace_and_name_sorted_and_inbound_events_skipped() -> None:
+    other = DecodedEvent(
+        id="o",
+        kind=EventKind.DEPLOYMENT_READY,
+        source="/controller",
+        time=None,
+        content_hash=None,
+        data=validate_data(EventKind.DEPLOYMENT_READY, {"template": "gemma-7b-it", "namespace": "a-team", "name": "gemma"}),
+    )
+    inbound = DecodedEvent(
+        id="i",
+        kind=EventKind.DEPLOYMENT_DELETED,
+        source="/cli",
+        time=None,
+        content_hash=None,
+        data=validate_data(EventKind.DEPLOYMENT_DELETED, TINY),
+    )
+
+    rows = summarize([_event(1, EventKind.DEPLOYMENT_APPLIED, action="created"), inbound, other])
+
+    assert [row.key for row in rows] == [("a-team", "gemma"), ("llm", "tiny-demo")]
