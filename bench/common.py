@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-console = Console(highlight=False)
+# Wide when captured to a file or CI log, so that tables keep whole workload names.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -39,7 +40,7 @@ def median(values: Iterable[float]) -> float:
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     table = Table(title=title, title_justify="left")
     for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right")
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index == 0)
     for row in rows:
         table.add_row(*(format_cell(cell) for cell in row))
     console.print(table)

@@ -106,7 +106,7 @@ class EventConsumer:
         self.metrics = metrics
         self._filter = inbound_filter(config.subject_root)
         self._limit = asyncio.Semaphore(config.concurrency)
-        self._template_locks: dict[str, asyncio.Lock] = {}
+        self._tails: dict[str, asyncio.Task[None]] = {}  # template → its latest group task, while one runs
 
     # --------------------------------------------------------------- rebuild
 
@@ -192,8 +192,8 @@ class EventConsumer:
         """Fetch and handle batches until `stop` is set; the batches in hand are always finished.
 
         The next batch is fetched while the previous one is still being written (at most
-        `BATCHES_IN_FLIGHT`), so decoding overlaps API calls; per-template locks keep each
-        template's events in stream order across batches.
+        `BATCHES_IN_FLIGHT`), so decoding overlaps API calls; each template's group waits for
+        that template's group of the previous batch, so its events stay in stream order.
         """
         sub = sub or await self.subscribe()
         in_flight: set[asyncio.Task[None]] = set()
@@ -235,26 +235,30 @@ class EventConsumer:
         if msgs:
             self.metrics.consumer_pending.set(msgs[-1].metadata.num_pending)
         started = time.perf_counter()
-        await asyncio.gather(*(self._guarded(template, deliveries) for template, deliveries in groups.items()))
+        tasks = []
+        for template, deliveries in groups.items():
+            task = asyncio.create_task(self._guarded(template, deliveries, after=self._tails.get(template)))
+            self._tails[template] = task
+            tasks.append(task)
+        await asyncio.gather(*tasks)
+        mine = set(tasks)
+        for template in groups:
+            if self._tails.get(template) in mine:
+                del self._tails[template]  # no later batch queued behind it
         self._observe_state()
         elapsed = round(time.perf_counter() - started, 4)
         log.debug("handled a batch", extra={"events": len(msgs), "templates": len(groups), "seconds": elapsed})
 
-    async def _guarded(self, template: str, deliveries: list[Delivery]) -> None:
-        # the template lock first: tasks reach it in creation order (= stream order), and asyncio locks are FIFO
-        async with self._template_lock(template), self._limit:
+    async def _guarded(self, template: str, deliveries: list[Delivery], after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            await asyncio.wait({after})  # the same template's previous group first (its outcome does not matter here)
+        async with self._limit:
             try:
                 await self._handle_group(template, deliveries)
             except Exception:  # never let one template's bug stop the others: retry its events later
                 log.exception("unexpected error while handling events of %s", template)
                 for delivery in deliveries:
                     await self._settle(delivery.msg.nak(delay=self.config.retry_delay(delivery.deliveries)))
-
-    def _template_lock(self, template: str) -> asyncio.Lock:
-        lock = self._template_locks.get(template)
-        if lock is None:
-            lock = self._template_locks[template] = asyncio.Lock()
-        return lock
 
     async def _handle_group(self, template: str, deliveries: list[Delivery]) -> None:
         accepted: list[Delivery] = []

@@ -48,6 +48,7 @@ from events.types import (
     template_of_subject,
     template_subject,
 )
+from templates.naming import is_dns1123_label
 from templates.schema import ModelTemplateVersion, errors_from
 
 Mode = Literal["binary", "structured"]
@@ -166,11 +167,12 @@ def nats_subject(kind: EventKind, data: BaseModel, root: str = SUBJECT_ROOT) -> 
 
 
 def subject_for(kind: EventKind, template: str | None, root: str = SUBJECT_ROOT) -> str:
-    """`nats_subject` for a template already known."""
+    """`nats_subject` for a template already known (it becomes a subject token, so it must be a name)."""
+    valid = template is not None and is_dns1123_label(template)
     if kind is EventKind.EVENT_REJECTED:
-        return deadletter_subject(template, root)
-    if template is None:  # every inbound and status model has a template
-        raise EventDataError(kind, [("template", "the event names no template")])
+        return deadletter_subject(template if valid else None, root)
+    if template is None or not valid:  # status models take any string; a subject token cannot
+        raise EventDataError(kind, [("template", f"{template!r} is not a template name (DNS-1123 label)")])
     return template_subject(template, kind, root) if kind.inbound else status_subject(template, kind, root)
 
 

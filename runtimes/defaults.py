@@ -1,11 +1,12 @@
 """Template generation defaults → vLLM's own mechanisms, plus the one gap a middleware fills (pure).
 
-- sampling defaults (temperature, top_p, top_k, max_tokens, penalties) become
-  `--override-generation-config`: vLLM applies them exactly when a request leaves a value out;
+- sampling defaults (temperature, top_p, top_k, penalties) become `--override-generation-config`:
+  vLLM applies them exactly when a request leaves a value out;
 - `chat_template`, or a `prompt_format` with `{instruction}` turned into a chat template,
   becomes `--chat-template`;
-- stop sequences have no server-side default in vLLM, so `RequestDefaults` adds them to the
-  JSON body of a chat or completion request that has no `stop` of its own.
+- stop sequences have no server-side default in vLLM, and its `max_new_tokens` override is a
+  cap rather than a default, so `RequestDefaults` adds `stop` and `max_tokens` to the JSON body
+  of a chat or completion request that has none of its own.
 
 A `prompt_format` is a single-turn format: the instruction is the text of every message, in
 order, joined by a newline. Raw `/v1/completions` prompts are sent as they are.
@@ -20,16 +21,13 @@ from typing import Any
 from templates.schema import GenerationDefaults, SamplingDefaults
 
 INSTRUCTION = "{instruction}"
-# routes whose request bodies take a `stop` field (after the /openai prefix is removed)
-STOP_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+# routes whose request bodies take `stop` and `max_tokens` (after the /openai prefix is removed)
+DEFAULTED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 def generation_overrides(sampling: SamplingDefaults) -> dict[str, Any]:
-    """The `--override-generation-config` mapping (vLLM spells max_tokens the HF way there)."""
-    values = sampling.model_dump(exclude_none=True)
-    if "max_tokens" in values:
-        values["max_new_tokens"] = values.pop("max_tokens")
-    return values
+    """The `--override-generation-config` mapping: every sampling default but max_tokens."""
+    return sampling.model_dump(exclude_none=True, exclude={"max_tokens"})
 
 
 def _jinja_literal(text: str) -> str:
@@ -77,13 +75,14 @@ class RequestDefaults:
     """Values added to a request body that leaves them out."""
 
     stop: tuple[str, ...] = ()
+    max_tokens: int | None = None
 
     @classmethod
     def from_generation(cls, generation: GenerationDefaults) -> RequestDefaults:
-        return cls(stop=tuple(generation.stop))
+        return cls(stop=tuple(generation.stop), max_tokens=generation.sampling.max_tokens)
 
     def applies_to(self, path: str) -> bool:
-        return bool(self.stop) and path in STOP_ROUTES
+        return (bool(self.stop) or self.max_tokens is not None) and path in DEFAULTED_ROUTES
 
     def rewrite(self, body: bytes) -> bytes | None:
         """The body with the defaults filled in, or None to send it unchanged (also when it is not JSON:
@@ -92,7 +91,15 @@ class RequestDefaults:
             document = json.loads(body)
         except (ValueError, RecursionError):
             return None
-        if not isinstance(document, dict) or document.get("stop") is not None:
+        if not isinstance(document, dict):
             return None
-        document["stop"] = list(self.stop)
+        changed = False
+        if self.stop and document.get("stop") is None:
+            document["stop"] = list(self.stop)
+            changed = True
+        if self.max_tokens is not None and document.get("max_tokens") is None and document.get("max_completion_tokens") is None:
+            document["max_tokens"] = self.max_tokens
+            changed = True
+        if not changed:
+            return None
         return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -18,7 +18,7 @@ HEAD_DIM = 64  # vLLM's CPU attention backend needs head_dim >= 64
 NUM_HEADS = HIDDEN_SIZE // HEAD_DIM
 NUM_LAYERS = 2
 INTERMEDIATE_SIZE = 256
-MAX_POSITIONS = 512
+MAX_POSITIONS = 2048
 TOKENIZER_VOCAB = 512
 
 BOS, EOS, PAD = "<|begin|>", "<|end|>", "<|pad|>"

@@ -11,7 +11,7 @@ import hashlib
 import re
 
 DNS1123_LABEL_MAX = 63
-DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _INVALID = re.compile(r"[^a-z0-9-]+")
 _HASH_LEN = 8
 
@@ -21,7 +21,7 @@ def short_hash(text: str, length: int = _HASH_LEN) -> str:
 
 
 def is_dns1123_label(name: str) -> bool:
-    return len(name) <= DNS1123_LABEL_MAX and bool(DNS1123_LABEL_RE.match(name))
+    return len(name) <= DNS1123_LABEL_MAX and bool(DNS1123_LABEL_RE.fullmatch(name))
 
 
 def k8s_name(text: str, max_len: int = DNS1123_LABEL_MAX) -> str:

@@ -334,7 +334,7 @@ class ModelTemplate(_Strict):
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
             prefix, _, name = key.rpartition("/")
-            if prefix and (len(prefix) > 253 or not all(DNS1123_LABEL_RE.match(p) for p in prefix.split("."))):
+            if prefix and (len(prefix) > 253 or not all(DNS1123_LABEL_RE.fullmatch(p) for p in prefix.split("."))):
                 raise ValueError(f"label key {key!r} has an invalid prefix")
             if not name or len(name) > 63 or not LABEL_KEY_NAME_RE.match(name):
                 raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")

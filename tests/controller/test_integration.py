@@ -30,11 +30,16 @@ from pydantic import BaseModel
 from controller.app import Controller
 from controller.cli import build_config
 from controller.config import ControllerConfig
+from controller.consumer import EventConsumer
+from controller.metrics import ControllerMetrics
+from controller.publisher import NatsPublisher
+from controller.reconciler import Reconciler
 from controller.render import render_inference_service
 from controller.sinks.base import ApplyAction, Object, TransientSinkError
 from controller.sinks.dir import DirSink
-from controller.state import Deployment
+from controller.state import Deployment, DesiredState
 from events.codec import NATS_MSG_ID, decode, encode
+from events.stream import StreamSettings, provision_stream
 from events.types import (
     DeploymentRequested,
     DeploymentStopped,
@@ -350,6 +355,31 @@ async def test_the_cli_process_serves_and_stops_gracefully_on_sigterm(env: Env, 
     messages = [entry["message"] for entry in lines()]
     assert messages[-1] == "controller stopped", "graceful: the consumer finished and NATS was drained"
     assert all(entry["level"] in {"info", "warning"} for entry in lines())
+
+
+async def test_overlapping_batches_keep_each_templates_events_in_order(env: Env) -> None:
+    """A batch's group may wait (here: publishing a dead letter) before it reduces its later events;
+    the next batch's group of the same template must not overtake it, or those events would look
+    like redeliveries and be skipped."""
+    await provision_stream(env.js, StreamSettings(name=env.config.stream, subject_root=env.root))
+    state, metrics = DesiredState(), ControllerMetrics()
+    publisher = NatsPublisher(env.js, "/tests", env.root, metrics)
+    reconciler = Reconciler(state, DirSink(env.directory, fsync=False), env.config.render, publisher, metrics)
+    consumer = EventConsumer(env.js, env.config, state, reconciler, publisher, metrics)
+    subscription = await consumer.subscribe()
+    await env.publish_raw("tiny-demo.template.version.published", b"{not json", {"ce-id": "bad", "ce-type": "x"})
+    await env.publish(EventKind.VERSION_PUBLISHED, tiny(1), "tiny-demo")
+    await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo"), "tiny-demo")
+    first = await subscription.fetch(3, timeout=5)
+    await env.publish(EventKind.VERSION_PUBLISHED, tiny(2, max_tokens=64), "tiny-demo")
+    second = await subscription.fetch(1, timeout=5)
+    await asyncio.gather(consumer.handle(first), consumer.handle(second))
+    assert ("default", "tiny-demo") in state.deployments, "the deployment of the first batch was reduced"
+    assert [v.version for v in state.versions.versions("tiny-demo")] == [1, 2]
+    assert env.version_of("tiny-demo") == "2"
+    await wait_for(lambda: len(env.dead_letters) == 1, "the dead letter")
+    await publisher.flush()
+    await subscription.unsubscribe()
 
 
 async def test_ops_endpoints(env: Env) -> None:

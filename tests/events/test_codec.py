@@ -94,6 +94,15 @@ def test_status_events_carry_their_content_hash_and_go_to_status_subjects() -> N
     assert nats_subject(EventKind.EVENT_REJECTED, sample(EventKind.EVENT_REJECTED)) == "modelplane.deadletter.x"
 
 
+def test_subjects_only_take_template_names() -> None:
+    ready = sample(EventKind.DEPLOYMENT_READY).model_copy(update={"template": "a.b *"})
+    rejected = sample(EventKind.EVENT_REJECTED).model_copy(update={"subject": "elsewhere"})
+
+    with pytest.raises(EventDataError, match="not a template name"):
+        nats_subject(EventKind.DEPLOYMENT_READY, ready)
+    assert nats_subject(EventKind.EVENT_REJECTED, rejected) == "modelplane.deadletter._"
+
+
 def test_header_names_are_case_insensitive() -> None:
     headers, payload = encode(EventKind.DEPLOYMENT_DELETED, sample(EventKind.DEPLOYMENT_DELETED), source=SOURCE)
     shouted = {name.upper(): value for name, value in headers.items()}
