@@ -139,8 +139,10 @@ def validate_data(kind: EventKind, data: BaseModel | Mapping[str, Any]) -> BaseM
     if isinstance(data, model_type):
         return data
     if kind is EventKind.VERSION_PUBLISHED and isinstance(data, ModelTemplateVersion):
-        data = data.to_document()
-    elif isinstance(data, BaseModel):
+        # already validated (the models are frozen): re-type it without a second validation pass
+        fields = {name: getattr(data, name) for name in ModelTemplateVersion.model_fields}
+        return model_type.model_construct(_fields_set=data.model_fields_set, **fields)
+    if isinstance(data, BaseModel):
         raise EventDataError(kind, [("", f"expected {model_type.__name__} data, got {type(data).__name__}")])
     if not isinstance(data, Mapping):
         raise EventDataError(kind, [("", f"expected a mapping, got {type(data).__name__}")])

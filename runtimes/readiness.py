@@ -18,7 +18,7 @@ from runtimes.metrics import RuntimeMetrics
 PROBE_PROMPT = "Hello"
 PROBE_TIMEOUT_SECONDS = 30.0
 
-ProbeFn = Callable[[], Awaitable[None]]  # raises when the engine cannot serve
+ProbeFn = Callable[[], Awaitable[str]]  # says what it produced; raises when the engine cannot serve
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class ReadinessProbe:
 
     async def _run(self) -> Readiness:
         try:
-            await asyncio.wait_for(self._probe(), self._timeout)
-            result = Readiness(True, "generated a token", self._clock())
+            produced = await asyncio.wait_for(self._probe(), self._timeout)
+            result = Readiness(True, produced, self._clock())
         except TimeoutError:
             result = Readiness(False, f"no output within {self._timeout:g} s", self._clock())
         except Exception as exc:  # any engine failure means "not ready", never a crashed probe
@@ -76,7 +76,7 @@ class ReadinessProbe:
 def engine_probe(engine_client: object, task: str) -> ProbeFn:
     """A probe that generates one token (or one embedding) through vLLM's engine client."""
 
-    async def generate() -> None:
+    async def generate() -> str:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0)
@@ -85,8 +85,9 @@ def engine_probe(engine_client: object, task: str) -> ProbeFn:
             produced = max(produced, *(len(c.token_ids) for c in output.outputs), 0)
         if produced < 1:
             raise RuntimeError("the engine finished the probe without a token")
+        return "generated a token"
 
-    async def embed() -> None:
+    async def embed() -> str:
         from vllm import PoolingParams
 
         params = PoolingParams(task="embed")
@@ -96,5 +97,6 @@ def engine_probe(engine_client: object, task: str) -> ProbeFn:
                 outputs += 1
         if outputs < 1:
             raise RuntimeError("the engine finished the probe without an embedding")
+        return "computed an embedding"
 
     return embed if task == "embed" else generate

@@ -387,7 +387,7 @@ async def test_ops_endpoints(env: Env) -> None:
         await env.publish(EventKind.VERSION_PUBLISHED, tiny(1), "tiny-demo")
         await settled(controller, env)
         base = f"http://127.0.0.1:{controller.ops.port}"
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(trust_env=False) as client:
             assert (await client.get(f"{base}/healthz")).status_code == 200
             ready = await client.get(f"{base}/readyz")
             assert ready.status_code == 200

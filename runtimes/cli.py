@@ -1,0 +1,63 @@
+"""`modelplane models …` (build the tiny model) and `modelplane runtime head|worker …` (the launcher)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from runtimes.tiny_model import DEFAULT_SEED
+
+app = typer.Typer(help="Build and inspect models for the runtime.", no_args_is_help=True, add_completion=False)
+serve_app = typer.Typer(help="Run the serving runtime (vLLM's OpenAI server; Ray for tensor parallel or multi-node).", no_args_is_help=True, add_completion=False)
+console = Console()
+
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command("build-tiny")
+def build_tiny(
+    directory: Path = typer.Argument(..., help="where to write the model (created if missing)"),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="random seed: the same seed gives the same files"),
+) -> None:
+    """Build the tiny random-weight Llama (tokenizer and chat template included) into DIRECTORY."""
+    from runtimes.tiny_model import build_tiny_model, describe, file_hashes
+
+    out = build_tiny_model(directory, seed=seed)
+    table = Table("file", "sha256", title=f"tiny model in {out} (seed {seed})", title_justify="left")
+    for name, digest in file_hashes(out).items():
+        table.add_row(name, digest[:16])
+    console.print(table)
+    console.print(describe(out))
+
+
+@app.command("describe")
+def describe_model(directory: Path = typer.Argument(..., exists=True, file_okay=False, help="a model directory")) -> None:
+    """Show a model directory's architecture facts (from config.json)."""
+    from runtimes.tiny_model import describe
+
+    try:
+        console.print(describe(directory))
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]cannot read {directory / 'config.json'}:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _launch(role: str, ctx: typer.Context) -> None:
+    from runtimes.launcher import main
+
+    raise typer.Exit(main([role, *ctx.args]))
+
+
+@serve_app.command("head", context_settings=PASS_THROUGH)
+def head(ctx: typer.Context) -> None:
+    """Serve the model: [--executor auto|ray|mp] [--ray-port N] [vLLM arguments…] (`head --help` for the launcher's own)."""
+    _launch("head", ctx)
+
+
+@serve_app.command("worker", context_settings=PASS_THROUGH)
+def worker(ctx: typer.Context) -> None:
+    """Join the head's Ray cluster and block: [--head-address HOST] [--ray-port N] (default $HEAD_SVC)."""
+    _launch("worker", ctx)
