@@ -11,7 +11,11 @@ from rich.table import Table
 from runtimes.tiny_model import DEFAULT_SEED
 
 app = typer.Typer(help="Build and inspect models for the runtime.", no_args_is_help=True, add_completion=False)
-serve_app = typer.Typer(help="Run the serving runtime (vLLM's OpenAI server; Ray for tensor parallel or multi-node).", no_args_is_help=True, add_completion=False)
+serve_app = typer.Typer(
+    help="Run the serving runtime (vLLM's OpenAI server; Ray for tensor parallel or multi-node).",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console()
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

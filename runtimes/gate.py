@@ -70,13 +70,9 @@ class RuntimeGate:
         self.draining = True
         self.metrics.draining.set(1)
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """True once no request is in flight; False if `timeout` seconds pass first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    async def wait_idle(self) -> None:
+        """Returns once no request is in flight (bound it with `asyncio.timeout`)."""
+        await self._idle.wait()
 
     # ------------------------------------------------------------------ ASGI
 
@@ -93,7 +89,9 @@ class RuntimeGate:
             return
         if self._api_key is not None and not self._authorized(scope):
             self.metrics.rejected.labels("unauthorized").inc()
-            body = error_bytes("Missing or invalid API key: send 'Authorization: Bearer <key>'.", "invalid_request_error", "invalid_api_key")
+            body = error_bytes(
+                "Missing or invalid API key: send 'Authorization: Bearer <key>'.", "invalid_request_error", "invalid_api_key"
+            )
             await _send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
             return
         if self.draining:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 
-from runtimes.plan import ENV_GPUS, ENV_HEAD_SVC, LaunchPlan, PlanError, flag_value, plan_head
+from runtimes.plan import ENV_GPUS, ENV_HEAD_SVC, MODEL_FLAGS, LaunchPlan, PlanError, flag_value, plan_head, resolve_model
 from runtimes.ray_cluster import RayClusterError
 from runtimes.settings import RuntimeConfigError, RuntimeSettings
 
@@ -36,9 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelplane-runtime", description=__doc__.splitlines()[0], allow_abbrev=False)
     roles = parser.add_subparsers(dest="role", required=True)
     head = roles.add_parser("head", help="serve the model (vLLM's OpenAI server); remaining arguments go to vLLM", allow_abbrev=False)
-    head.add_argument("--executor", choices=("auto", "ray", "mp"), default="auto", help="auto: Ray only for tensor parallelism or several nodes")
+    head.add_argument(
+        "--executor", choices=("auto", "ray", "mp"), default="auto", help="auto: Ray only for tensor parallelism or several nodes"
+    )
     head.add_argument("--ray-port", type=int, default=6379, help="the Ray head's GCS port")
-    head.add_argument("--ray-node-ip", default=os.environ.get("POD_IP"), help="this node's address for Ray (default: $POD_IP or Ray's choice)")
+    head.add_argument(
+        "--ray-node-ip", default=os.environ.get("POD_IP"), help="this node's address for Ray (default: $POD_IP or Ray's choice)"
+    )
     head.add_argument("--ray-wait-timeout", type=float, default=DEFAULT_RAY_WAIT_SECONDS, help="seconds to wait for all nodes and GPUs")
     worker = roles.add_parser("worker", help="join the head's Ray cluster and block", allow_abbrev=False)
     worker.add_argument("--head-address", default=os.environ.get(ENV_HEAD_SVC), help="the head's host (default: $HEAD_SVC)")
@@ -96,13 +100,19 @@ def build_plan(vllm_argv: Sequence[str], settings: RuntimeSettings, executor: st
 def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
     started_at = _process_started_at()
     settings = RuntimeSettings.from_env(os.environ)
+    resolve_model(flag_value(vllm_argv, MODEL_FLAGS), os.path.exists)  # fail fast, before vLLM is imported
     on_gpu = _on_gpu()
     plan = build_plan(vllm_argv, settings, options.executor, on_gpu)
     if not on_gpu and ENV_CPU_KV_CACHE not in os.environ and flag_value(plan.vllm_argv, KV_CACHE_FLAGS) is None:
         os.environ[ENV_CPU_KV_CACHE] = CPU_KV_CACHE_GIB
     logger.info(
         "model %s, task %s, executor %s (tensor %d x pipeline %d on %d node(s))",
-        plan.model, settings.task, plan.executor, plan.topology.tensor, plan.topology.pipeline, plan.topology.nodes,
+        plan.model,
+        settings.task,
+        plan.executor,
+        plan.topology.tensor,
+        plan.topology.pipeline,
+        plan.topology.nodes,
     )
     args = _parse_vllm_args(plan.vllm_argv)
     with ExitStack() as stack:
@@ -126,7 +136,12 @@ def run_worker(options: argparse.Namespace) -> int:
     if not options.head_address:
         raise PlanError(f"the worker needs the head's address: --head-address or ${ENV_HEAD_SVC}")
     gpus = os.environ.get(ENV_GPUS)
-    join(f"{options.head_address}:{options.ray_port}", timeout=options.wait_timeout, node_ip=options.ray_node_ip, num_gpus=int(gpus) if gpus else None)
+    join(
+        f"{options.head_address}:{options.ray_port}",
+        timeout=options.wait_timeout,
+        node_ip=options.ray_node_ip,
+        num_gpus=int(gpus) if gpus else None,
+    )
     return 0  # not reached: the worker becomes `ray start --block`
 
 

@@ -196,6 +196,4 @@ def plan_head(
     if settings.task == "embed" and flag_value(argv, RUNNER_FLAGS) is None:
         out.append("--runner=pooling")
     out += default_engine_args(settings.generation, has_chat_template=flag_value(argv, CHAT_TEMPLATE_FLAGS) is not None)
-    return LaunchPlan(
-        vllm_argv=out, executor=chosen, topology=topology, expected_gpus=topology.expected_gpus(on_gpu), model=model
-    )
+    return LaunchPlan(vllm_argv=out, executor=chosen, topology=topology, expected_gpus=topology.expected_gpus(on_gpu), model=model)

@@ -84,7 +84,15 @@ class RayHead:
         return f"{self.node_ip or '127.0.0.1'}:{self.port}"
 
     def command(self) -> list[str]:
-        command = [ray_executable(), "start", "--head", f"--port={self.port}", "--include-dashboard=false", "--disable-usage-stats", *NODE_FLAGS]
+        command = [
+            ray_executable(),
+            "start",
+            "--head",
+            f"--port={self.port}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            *NODE_FLAGS,
+        ]
         if self.node_ip:
             command.append(f"--node-ip-address={self.node_ip}")
         if self.num_gpus is not None:
@@ -97,7 +105,9 @@ class RayHead:
         deadline = time.monotonic() + timeout
         while not head_is_healthy(self.address):
             if self.process.poll() is not None:
-                raise RayClusterError(f"`ray start --head` exited with {self.process.returncode}" + (f"; see {self.log}" if self.log else ""))
+                raise RayClusterError(
+                    f"`ray start --head` exited with {self.process.returncode}" + (f"; see {self.log}" if self.log else "")
+                )
             if time.monotonic() >= deadline:
                 self.stop()
                 raise RayClusterError(f"the Ray head did not become healthy within {timeout:g} s")

@@ -55,9 +55,11 @@ def install_routes(app: FastAPI, gate: RuntimeGate, probe: ReadinessProbe) -> No
 async def drain(server: uvicorn.Server, gate: RuntimeGate, grace_seconds: float) -> None:
     gate.start_draining()
     logger.info("SIGTERM: refusing new requests, waiting up to %.0f s for %d in flight", grace_seconds, gate.in_flight)
-    if await gate.wait_idle(grace_seconds):
+    try:
+        async with asyncio.timeout(grace_seconds):
+            await gate.wait_idle()
         logger.info("drained: no request in flight; stopping")
-    else:
+    except TimeoutError:
         logger.warning("%d requests still in flight after %.0f s; stopping anyway", gate.in_flight, grace_seconds)
         server.force_exit = True
     server.should_exit = True

@@ -79,6 +79,9 @@ def _save_tokenizer(tokenizer: Any, out: Path) -> int:
 def _save_model(vocab_size: int, token_ids: dict[str, int], seed: int, out: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -97,9 +100,7 @@ def _save_model(vocab_size: int, token_ids: dict[str, int], seed: int, out: Path
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=token_ids[BOS], eos_token_id=token_ids[EOS], pad_token_id=token_ids[PAD]
-    )
+    model.generation_config = GenerationConfig(bos_token_id=token_ids[BOS], eos_token_id=token_ids[EOS], pad_token_id=token_ids[PAD])
     model.save_pretrained(str(out), safe_serialization=True)
 
 
@@ -122,9 +123,7 @@ def file_hashes(model_dir: str | Path) -> dict[str, str]:
     """sha256 of every file in a model directory, by relative path."""
     root = Path(model_dir)
     return {
-        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(root.rglob("*")) if path.is_file()
     }
 
 
