@@ -176,7 +176,9 @@ class NatsOptions(BaseSettings):
                 f"NATS at {self.servers} refused the credentials (authorization violation): "
                 "check the user/password, token or credentials file"
             )
-        return f"cannot connect to NATS at {self.servers}: {_describe(failures[-1])}"
+        # a TLS alert says more than the connection reset that races it
+        cause = next((exc for exc in failures if isinstance(exc, ssl.SSLError)), failures[-1])
+        return f"cannot connect to NATS at {self.servers}: {_describe(cause)}"
 
 
 def _is_auth_failure(exc: Exception) -> bool:

@@ -123,7 +123,7 @@ def test_forced_mp_is_passed_to_vllm_and_conflicts_are_refused() -> None:
 def test_generation_defaults_become_vllm_arguments() -> None:
     settings = RuntimeSettings(
         generation=GenerationDefaults.model_validate(
-            {"prompt_format": "Q: {instruction}\nA:", "stop": ["\n\n"], "sampling": {"temperature": 0.2, "top_p": 0.9, "max_tokens": 64}}
+            {"prompt_format": "Q: {instruction}\nA:", "stop": ["###"], "sampling": {"temperature": 0.2, "top_p": 0.9, "max_tokens": 64}}
         )
     )
     plan = plan_head(["--model=/m"], settings, {}, executor="auto", on_gpu=False, exists=exists_only("/m"))

@@ -1,0 +1,257 @@
+"""The runtime with the real vLLM engine on the CPU, driven by the official openai SDK.
+
+One server for the whole module (API key on, max concurrency 2, template defaults set), so
+that every path is tested on it; the SIGTERM test runs last because it stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+from tokenizers import Tokenizer
+
+from runtimes.local import LocalServer, free_port, runtime_command
+
+pytestmark = pytest.mark.vllm
+
+API_KEY = "test-key"
+MODEL = "tiny"
+MAX_CONCURRENCY = 2
+DEFAULT_MAX_TOKENS = 7
+STOP_WORD = "Paris"  # a single token of the tiny tokenizer (" Paris")
+PROMPT_FORMAT = "### Instruction:\n{instruction}\n### Response:\n"
+LONG = 800  # tokens: streams that stay open for seconds
+ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    port = free_port()
+    defaults = {"prompt_format": PROMPT_FORMAT, "stop": [STOP_WORD], "sampling": {"max_tokens": DEFAULT_MAX_TOKENS, "temperature": 0.0}}
+    env = {
+        "MODELPLANE_API_KEY": API_KEY,
+        "MODELPLANE_MAX_CONCURRENCY": str(MAX_CONCURRENCY),
+        "MODELPLANE_GENERATION_DEFAULTS": json.dumps(defaults),
+        "MODELPLANE_DRAIN_SECONDS": "120",
+    }
+    command = runtime_command(tiny_model_dir, MODEL, port, "--dtype=float32", "--enforce-eager", "--max-model-len=2048")
+    runtime = LocalServer(command, port, tmp_path_factory.mktemp("logs") / "runtime.log", env)
+    with runtime:
+        runtime.wait_until("/ready", timeout=400)
+        yield runtime
+
+
+@pytest.fixture(scope="module")
+def stop_token(tiny_model_dir: Path) -> int:
+    ids = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json")).encode(" " + STOP_WORD).ids
+    assert len(ids) == 1
+    return int(ids[0])
+
+
+def sdk(server: LocalServer, prefix: str = "/v1", key: str = API_KEY) -> OpenAI:
+    return OpenAI(base_url=server.base_url + prefix, api_key=key, max_retries=0, timeout=120)
+
+
+def async_sdk(server: LocalServer) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def raw(server: LocalServer) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+
+
+def metric(server: LocalServer, name: str, **labels: str) -> float:
+    text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name + (f"{{{label_text}}}" if labels else "")) + r" ([0-9.e+-]+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"{name} {labels} not in /metrics"
+    return float(match.group(1))
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == ERROR_KEYS and error["message"]
+    return error
+
+
+def test_models_on_both_prefixes(server: LocalServer) -> None:
+    for prefix in ("/v1", "/openai/v1"):
+        models = sdk(server, prefix).models.list()
+        assert [m.id for m in models.data] == [MODEL]
+
+
+def test_chat_completion(server: LocalServer) -> None:
+    reply = sdk(server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello"}], max_tokens=5)
+    assert reply.model == MODEL and reply.object == "chat.completion"
+    assert reply.choices[0].message.role == "assistant"
+    assert isinstance(reply.choices[0].message.content, str)
+    assert reply.usage is not None and 1 <= reply.usage.completion_tokens <= 5
+
+
+def test_chat_completion_under_the_kserve_prefix(server: LocalServer) -> None:
+    reply = sdk(server, "/openai/v1").chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert reply.usage is not None and reply.usage.completion_tokens <= 3
+
+
+def test_prompt_format_is_the_chat_template(server: LocalServer) -> None:
+    expected = "<|begin|>" + PROMPT_FORMAT.replace("{instruction}", "Say hi")
+    with raw(server) as client:
+        chat = client.post("/tokenize", json={"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}]}).json()
+        text = client.post("/tokenize", json={"model": MODEL, "prompt": expected, "add_special_tokens": False}).json()
+    assert chat["tokens"] == text["tokens"]  # the model's own chat template (<|user|> …) is replaced
+
+
+def test_default_max_tokens_and_temperature_apply_and_the_request_wins(server: LocalServer) -> None:
+    client = sdk(server)
+    defaulted = client.completions.create(model=MODEL, prompt="The moon", n=3, extra_body={"ignore_eos": True})
+    assert [c.finish_reason for c in defaulted.choices] == ["length"] * 3
+    assert defaulted.usage is not None and defaulted.usage.completion_tokens == 3 * DEFAULT_MAX_TOKENS
+    assert len({c.text for c in defaulted.choices}) == 1  # template temperature 0: greedy
+    own = client.completions.create(model=MODEL, prompt="The moon", n=3, max_tokens=3, temperature=1.0, seed=7, extra_body={"ignore_eos": True})
+    assert own.usage is not None and own.usage.completion_tokens == 3 * 3
+    assert len({c.text for c in own.choices}) > 1  # the request's temperature 1.0 samples
+
+
+def test_default_stop_sequence_applies_and_the_request_wins(server: LocalServer, stop_token: int) -> None:
+    client = sdk(server)
+    forced = {str(stop_token): 100}  # the model now says " Paris" at every step
+    stopped = client.completions.create(model=MODEL, prompt="Hello", max_tokens=6, logit_bias=forced, extra_body={"ignore_eos": True})
+    assert stopped.choices[0].finish_reason == "stop"
+    assert STOP_WORD not in stopped.choices[0].text
+    own = client.completions.create(model=MODEL, prompt="Hello", max_tokens=6, logit_bias=forced, stop=["zzz"], extra_body={"ignore_eos": True})
+    assert own.choices[0].finish_reason == "length"
+    assert own.choices[0].text == f" {STOP_WORD}" * 6
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], logit_bias=forced)
+    assert chat.choices[0].finish_reason == "stop" and STOP_WORD not in (chat.choices[0].message.content or "")
+
+
+def test_streaming_chat_over_sse(server: LocalServer) -> None:
+    stream = sdk(server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True, stop=[],
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["length"]
+    usage = [c.usage for c in chunks if c.usage]
+    assert usage and usage[-1].completion_tokens == 12
+    with raw(server) as client:
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": 3, "stream": True}
+        with client.stream("POST", "/openai/v1/completions", json=body) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+
+
+def test_bad_requests_get_openai_errors_never_500(server: LocalServer) -> None:
+    with raw(server) as client:
+        assert_openai_error(client.post("/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}), 400)
+        assert_openai_error(client.post("/v1/chat/completions", json=[1, 2]), 400)
+        wrong_type = assert_openai_error(client.post("/v1/chat/completions", json={"model": MODEL, "messages": "hi"}), 400)
+        assert wrong_type["param"] == "body.messages"
+        assert_openai_error(client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "temperature": "hot"}), 400)
+        assert_openai_error(client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 100_000}), 400)
+        assert_openai_error(client.post("/v1/completions", json={"model": MODEL, "prompt": "hello " * 3000}), 400)
+        assert_openai_error(client.post("/v1/completions", content=b'{"prompt": "\xff"}', headers={"content-type": "application/json"}), 400)
+        assert_openai_error(client.post("/v1/nothing", json={}), 404)
+        assert_openai_error(client.get("/v1/chat/completions"), 405)
+    with pytest.raises(openai.BadRequestError) as negative:
+        sdk(server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=-1)
+    assert negative.value.status_code == 400 and "max_tokens" in str(negative.value.body)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        sdk(server).chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert isinstance(unknown.value.body, dict) and set(unknown.value.body) == ERROR_KEYS
+
+
+def test_api_key_is_required_except_for_probes(server: LocalServer) -> None:
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        sdk(server, key="wrong").models.list()
+    assert wrong.value.status_code == 401
+    with httpx.Client(base_url=server.base_url, timeout=30) as anonymous:
+        assert_openai_error(anonymous.post("/openai/v1/completions", json={"model": MODEL, "prompt": "hi"}), 401)
+        assert anonymous.get("/health").status_code == 200
+        assert anonymous.get("/metrics").status_code == 200
+        ready = anonymous.get("/ready")
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "reason": "generated a token"}
+
+
+def test_metrics_cover_vllm_and_the_runtime(server: LocalServer) -> None:
+    text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    assert "vllm:num_requests_running" in text
+    assert 1 < metric(server, "modelplane_runtime_cold_start_seconds") < 400
+    assert metric(server, "modelplane_runtime_readiness_probes_total", result="ready") >= 1
+    assert metric(server, "modelplane_runtime_rejected_requests_total", reason="unauthorized") >= 2
+    assert metric(server, "modelplane_runtime_max_concurrency") == MAX_CONCURRENCY
+
+
+async def open_stream(client: AsyncOpenAI, max_tokens: int) -> tuple[Any, Any]:
+    """A completion stream that has delivered its first chunk."""
+    stream = await client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=max_tokens, stream=True, stop=[], stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    iterator = stream.__aiter__()
+    first = await iterator.__anext__()
+    return stream, first
+
+
+async def finish(stream: Any) -> tuple[str | None, int]:
+    finish_reason, tokens = None, 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish_reason = chunk.choices[0].finish_reason
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return finish_reason, tokens
+
+
+async def test_overload_answers_429_with_retry_after(server: LocalServer) -> None:
+    client = async_sdk(server)
+    streams = [await open_stream(client, 1500) for _ in range(MAX_CONCURRENCY)]
+    with pytest.raises(openai.RateLimitError) as limited:
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=2)
+    assert limited.value.status_code == 429
+    assert limited.value.response.headers["retry-after"] == "1"
+    assert isinstance(limited.value.body, dict) and limited.value.body["code"] == "rate_limit_exceeded"
+    assert metric(server, "modelplane_runtime_in_flight_requests") == MAX_CONCURRENCY
+    for stream, _ in streams:
+        await stream.close()  # the client goes away: vLLM aborts, the slots free up
+    for _ in range(300):
+        if metric(server, "modelplane_runtime_in_flight_requests") == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert metric(server, "modelplane_runtime_in_flight_requests") == 0
+    assert metric(server, "modelplane_runtime_rejected_requests_total", reason="overloaded") >= 1
+    reply = await client.completions.create(model=MODEL, prompt="x", max_tokens=2)
+    assert reply.choices
+
+
+async def test_sigterm_finishes_open_streams_then_exits_0(server: LocalServer) -> None:
+    """Runs last: Knative's scale-down. New requests get 503, the open streams finish, exit code 0."""
+    client = async_sdk(server)
+    streams = [await open_stream(client, LONG) for _ in range(2)]
+    server.terminate()
+    async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as h:
+        for _ in range(100):  # the signal is asynchronous: wait until the server says it is draining
+            ready = await h.get("/ready")
+            if ready.status_code == 503:
+                break
+            await asyncio.sleep(0.05)
+        assert ready.status_code == 503 and ready.json() == {"ready": False, "reason": "draining"}
+        refused = await h.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+        error = assert_openai_error(refused, 503)
+        assert error["code"] == "draining"
+    results = await asyncio.gather(*(finish(stream) for stream, _ in streams))
+    assert results == [("length", LONG)] * 2
+    assert await asyncio.to_thread(server.wait, 120) == 0
