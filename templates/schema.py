@@ -166,6 +166,9 @@ class SamplingDefaults(_Strict):
 class GenerationDefaults(_Strict):
     """Defaults the runtime applies when a request leaves them out."""
 
+    # prompt formats end in "\n" or " " and stop sequences start with them: keep whitespace as written
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
     chat_template: str | None = Field(default=None, max_length=65_536)
     prompt_format: str | None = Field(default=None, max_length=8_192)
     stop: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=16)

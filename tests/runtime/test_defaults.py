@@ -108,3 +108,10 @@ def test_bad_env_names_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(RuntimeConfigError) as caught:
         RuntimeSettings.from_env(env)
     assert message in str(caught.value)
+
+
+def test_whitespace_in_formats_and_stops_is_kept() -> None:
+    raw = {"prompt_format": "### Instruction:\n{instruction}\n### Response:\n", "stop": ["\nUser:", "\n\n"]}
+    settings = RuntimeSettings.from_env({"MODELPLANE_GENERATION_DEFAULTS": json.dumps(raw)})
+    assert settings.generation.prompt_format == raw["prompt_format"]
+    assert settings.generation.stop == raw["stop"]
