@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 
 from runtimes.plan import ENV_GPUS, ENV_HEAD_SVC, MODEL_FLAGS, LaunchPlan, PlanError, flag_value, plan_head, resolve_model
@@ -97,14 +97,20 @@ def build_plan(vllm_argv: Sequence[str], settings: RuntimeSettings, executor: st
     return plan_head(argv, settings, os.environ, executor=executor, on_gpu=on_gpu, exists=os.path.exists)  # type: ignore[arg-type]
 
 
+def cpu_kv_cache_env(vllm_argv: Sequence[str], env: Mapping[str, str], on_gpu: bool) -> dict[str, str]:
+    """A fixed KV cache size on the CPU unless one is given (flag or variable)."""
+    if on_gpu or ENV_CPU_KV_CACHE in env or flag_value(vllm_argv, KV_CACHE_FLAGS) is not None:
+        return {}
+    return {ENV_CPU_KV_CACHE: CPU_KV_CACHE_GIB}
+
+
 def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
     started_at = _process_started_at()
     settings = RuntimeSettings.from_env(os.environ)
     resolve_model(flag_value(vllm_argv, MODEL_FLAGS), os.path.exists)  # fail fast, before vLLM is imported
     on_gpu = _on_gpu()
     plan = build_plan(vllm_argv, settings, options.executor, on_gpu)
-    if not on_gpu and ENV_CPU_KV_CACHE not in os.environ and flag_value(plan.vllm_argv, KV_CACHE_FLAGS) is None:
-        os.environ[ENV_CPU_KV_CACHE] = CPU_KV_CACHE_GIB
+    os.environ.update(cpu_kv_cache_env(plan.vllm_argv, os.environ, on_gpu))
     logger.info(
         "model %s, task %s, executor %s (tensor %d x pipeline %d on %d node(s))",
         plan.model,
@@ -126,8 +132,7 @@ def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
 
         from runtimes.server import serve
 
-        uvloop.run(serve(args, settings, started_at=started_at))
-    return 0
+        return uvloop.run(serve(args, settings, started_at=started_at))
 
 
 def run_worker(options: argparse.Namespace) -> int:

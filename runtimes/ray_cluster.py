@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,14 +57,36 @@ def _ray_env() -> dict[str, str]:
     return {**os.environ, **RAY_ENV}
 
 
-def head_is_healthy(address: str) -> bool:
-    done = subprocess.run([ray_executable(), "health-check", "--address", address], capture_output=True, env=_ray_env(), check=False)
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def gcs_reachable(address: str, timeout: float = 1.0) -> bool:
+    """The head's GCS port accepts connections (cheap: no Ray import, no subprocess)."""
+    try:
+        with socket.create_connection(_split(address), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def head_is_healthy(address: str, timeout: float = 30.0) -> bool:
+    """KServe's check: the port is open and `ray health-check` passes."""
+    if not gcs_reachable(address):
+        return False
+    try:
+        done = subprocess.run(
+            [ray_executable(), "health-check", "--address", address], capture_output=True, env=_ray_env(), timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return done.returncode == 0
 
 
 def wait_for_head(address: str, timeout: float, poll: float = 1.0) -> None:
     deadline = time.monotonic() + timeout
-    while not head_is_healthy(address):
+    while not head_is_healthy(address, timeout=max(1.0, deadline - time.monotonic())):
         if time.monotonic() >= deadline:
             raise RayClusterError(f"the Ray head at {address} did not answer within {timeout:g} s (is HEAD_SVC right, is the head pod up?)")
         time.sleep(poll)

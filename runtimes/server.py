@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from argparse import Namespace
 from typing import Any
@@ -94,12 +95,57 @@ def _uvicorn_config(app: Any, args: Namespace) -> uvicorn.Config:
     return config
 
 
-async def serve(args: Namespace, settings: RuntimeSettings, *, started_at: float) -> None:
-    """Load the engine, serve until SIGTERM/SIGINT, drain, stop. `started_at`: process start (epoch seconds)."""
+async def _build(engine_client: Any, args: Namespace, settings: RuntimeSettings, metrics: RuntimeMetrics) -> tuple[FastAPI, RuntimeGate]:
+    """vLLM's app and state, unchanged, behind the gate, plus /ready."""
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.app import build_app
-    from vllm.entrypoints.launchers.launcher import NoSignalServer, setup_server, watchdog_loop
+
+    supported_tasks = await engine_client.get_supported_tasks()
+    app = build_app(args, supported_tasks, engine_client.model_config)
+    await init_app_state(engine_client, app.state, args, supported_tasks)
+    gate = RuntimeGate(
+        app,
+        metrics=metrics,
+        max_concurrency=settings.max_concurrency,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        defaults=RequestDefaults.from_generation(settings.generation),
+    )
+    probe = ReadinessProbe(engine_probe(engine_client, settings.task), metrics=metrics, cache_seconds=settings.ready_cache_seconds)
+    install_routes(app, gate, probe)
+    return app, gate
+
+
+async def _serve_until_stopped(
+    server: uvicorn.Server, gate: RuntimeGate, sock: socket.socket, engine_client: Any, drain_seconds: float
+) -> None:
+    """SIGTERM/SIGINT start the drain, a second one stops at once; the watchdog stops on engine death."""
+    from vllm.entrypoints.launchers.launcher import watchdog_loop
+
+    loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if draining:
+            server.force_exit = server.should_exit = True
+            return
+        draining.append(loop.create_task(drain(server, gate, drain_seconds)))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    watchdog = loop.create_task(watchdog_loop(server, engine_client))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watchdog.cancel()
+        for task in draining:
+            task.cancel()
+
+
+async def serve(args: Namespace, settings: RuntimeSettings, *, started_at: float) -> int:
+    """Load the engine, serve until SIGTERM/SIGINT, drain, stop; the exit code (1: the engine died).
+    `started_at`: process start (epoch seconds)."""
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+    from vllm.entrypoints.launchers.launcher import NoSignalServer, setup_server
 
     def interrupt_loading(*_: object) -> None:
         raise KeyboardInterrupt("SIGTERM while loading")
@@ -109,41 +155,16 @@ async def serve(args: Namespace, settings: RuntimeSettings, *, started_at: float
     metrics = RuntimeMetrics()
     try:
         async with build_async_engine_client(args) as engine_client:
-            supported_tasks = await engine_client.get_supported_tasks()
-            app = build_app(args, supported_tasks, engine_client.model_config)
-            await init_app_state(engine_client, app.state, args, supported_tasks)
-            gate = RuntimeGate(
-                app,
-                metrics=metrics,
-                max_concurrency=settings.max_concurrency,
-                api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-                defaults=RequestDefaults.from_generation(settings.generation),
-            )
-            probe = ReadinessProbe(engine_probe(engine_client, settings.task), metrics=metrics, cache_seconds=settings.ready_cache_seconds)
-            install_routes(app, gate, probe)
+            app, gate = await _build(engine_client, args, settings, metrics)
             server = NoSignalServer(_uvicorn_config(gate, args))
-            app.state.server = server
-
-            loop = asyncio.get_running_loop()
-            draining: list[asyncio.Task[None]] = []
-
-            def on_signal() -> None:
-                if draining:  # a second signal: stop now
-                    server.force_exit = server.should_exit = True
-                    return
-                draining.append(loop.create_task(drain(server, gate, settings.drain_seconds)))
-
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, on_signal)
-            watchdog = loop.create_task(watchdog_loop(server, engine_client))
+            app.state.server = server  # vLLM's error handlers stop it when the engine dies
             cold_start = time.time() - started_at
             metrics.cold_start.set(cold_start)
             logger.info("serving %s on %s:%s (cold start %.1f s)", args.served_model_name, args.host, args.port, cold_start)
-            try:
-                await server.serve(sockets=[sock])
-            finally:
-                watchdog.cancel()
-                for task in draining:
-                    task.cancel()
+            await _serve_until_stopped(server, gate, sock, engine_client, settings.drain_seconds)
+            if engine_client.errored:  # let Kubernetes restart the pod
+                logger.error("the engine died; exiting with 1")
+                return 1
+            return 0
     finally:
         sock.close()

@@ -24,6 +24,11 @@ class StandIn:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.entered = 0
+        self.arrivals: asyncio.Queue[None] = asyncio.Queue()
+
+    async def wait_for_arrivals(self, count: int) -> None:
+        for _ in range(count):
+            await asyncio.wait_for(self.arrivals.get(), 5)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = b""
@@ -33,6 +38,7 @@ class StandIn:
             if not message.get("more_body"):
                 break
         self.entered += 1
+        self.arrivals.put_nowait(None)
         if b"hold" in body:
             await self.release.wait()
         headers = dict(scope["headers"])
@@ -100,8 +106,7 @@ async def test_overload_answers_429_with_retry_after(stand_in: StandIn, registry
     gate = RuntimeGate(stand_in, metrics=RuntimeMetrics(registry), max_concurrency=2)
     async with make_client(gate) as client:
         held = [asyncio.create_task(client.post("/v1/completions", json={"hold": True})) for _ in range(2)]
-        while stand_in.entered < 2:
-            await asyncio.sleep(0.01)
+        await stand_in.wait_for_arrivals(2)
         assert gate.in_flight == 2 and metric(registry, "modelplane_runtime_in_flight_requests") == 2
         response = await client.post("/v1/completions", json={})
         assert_openai_error(response, 429, "rate_limit_exceeded")
@@ -120,8 +125,7 @@ async def test_drain_refuses_new_requests_and_waits_for_those_in_flight(stand_in
     gate = RuntimeGate(stand_in, metrics=RuntimeMetrics(registry))
     async with make_client(gate) as client:
         held = asyncio.create_task(client.post("/v1/chat/completions", json={"hold": True}))
-        while stand_in.entered < 1:
-            await asyncio.sleep(0.01)
+        await stand_in.wait_for_arrivals(1)
         gate.start_draining()
         for path in ("/v1/chat/completions", "/openai/v1/completions"):
             response = await client.post(path, json={})

@@ -115,9 +115,23 @@ def test_forced_mp_is_passed_to_vllm_and_conflicts_are_refused() -> None:
     plan = plan_head(["--model=/m"], RuntimeSettings(), {}, executor="mp", on_gpu=True, exists=exists_only("/m"))
     assert plan.vllm_argv[-1] == "--distributed-executor-backend=mp"
     with pytest.raises(PlanError, match="contradicts"):
-        plan_head(["--model=/m", "--distributed-executor-backend=ray"], RuntimeSettings(), {}, executor="mp", on_gpu=True, exists=exists_only("/m"))
+        plan_head(
+            ["--model=/m", "--distributed-executor-backend=ray"],
+            RuntimeSettings(),
+            {},
+            executor="mp",
+            on_gpu=True,
+            exists=exists_only("/m"),
+        )
     with pytest.raises(PlanError, match="not supported here"):
-        plan_head(["--model=/m", "--distributed-executor-backend=uni"], RuntimeSettings(), {}, executor="auto", on_gpu=True, exists=exists_only("/m"))
+        plan_head(
+            ["--model=/m", "--distributed-executor-backend=uni"],
+            RuntimeSettings(),
+            {},
+            executor="auto",
+            on_gpu=True,
+            exists=exists_only("/m"),
+        )
 
 
 def test_generation_defaults_become_vllm_arguments() -> None:

@@ -118,7 +118,9 @@ def test_default_max_tokens_and_temperature_apply_and_the_request_wins(server: L
     assert [r.choices[0].finish_reason for r in defaulted] == ["length"] * 2
     assert [r.usage.completion_tokens if r.usage else 0 for r in defaulted] == [DEFAULT_MAX_TOKENS] * 2
     assert defaulted[0].choices[0].text == defaulted[1].choices[0].text  # template temperature 0: greedy
-    own = client.completions.create(model=MODEL, prompt="The moon", n=3, max_tokens=3, temperature=1.0, seed=7, extra_body={"ignore_eos": True})
+    own = client.completions.create(
+        model=MODEL, prompt="The moon", n=3, max_tokens=3, temperature=1.0, seed=7, extra_body={"ignore_eos": True}
+    )
     assert own.usage is not None and own.usage.completion_tokens == 3 * 3
     assert len({c.text for c in own.choices}) > 1  # the request's temperature 1.0 samples
 
@@ -129,7 +131,9 @@ def test_default_stop_sequence_applies_and_the_request_wins(server: LocalServer,
     stopped = client.completions.create(model=MODEL, prompt="Hello", max_tokens=6, logit_bias=forced, extra_body={"ignore_eos": True})
     assert stopped.choices[0].finish_reason == "stop"
     assert STOP_WORD not in stopped.choices[0].text
-    own = client.completions.create(model=MODEL, prompt="Hello", max_tokens=6, logit_bias=forced, stop=["zzz"], extra_body={"ignore_eos": True})
+    own = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=6, logit_bias=forced, stop=["zzz"], extra_body={"ignore_eos": True}
+    )
     assert own.choices[0].finish_reason == "length"
     assert own.choices[0].text == f" {STOP_WORD}" * 6
     chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], logit_bias=forced)
@@ -163,7 +167,9 @@ def test_bad_requests_get_openai_errors_never_500(server: LocalServer) -> None:
         assert_openai_error(client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "temperature": "hot"}), 400)
         assert_openai_error(client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 100_000}), 400)
         assert_openai_error(client.post("/v1/completions", json={"model": MODEL, "prompt": "hello " * 3000}), 400)
-        assert_openai_error(client.post("/v1/completions", content=b'{"prompt": "\xff"}', headers={"content-type": "application/json"}), 400)
+        assert_openai_error(
+            client.post("/v1/completions", content=b'{"prompt": "\xff"}', headers={"content-type": "application/json"}), 400
+        )
         assert_openai_error(client.post("/v1/nothing", json={}), 404)
         assert_openai_error(client.get("/v1/chat/completions"), 405)
     with pytest.raises(openai.BadRequestError) as negative:
