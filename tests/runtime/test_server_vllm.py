@@ -230,6 +230,10 @@ async def test_overload_answers_429_with_retry_after(server: LocalServer) -> Non
     assert limited.value.status_code == 429
     assert limited.value.response.headers["retry-after"] == "1"
     assert isinstance(limited.value.body, dict) and limited.value.body["code"] == "rate_limit_exceeded"
+    for _ in range(50):  # the gauge is scraped over HTTP: allow it a moment to settle
+        if metric(server, "modelplane_runtime_in_flight_requests") == MAX_CONCURRENCY:
+            break
+        await asyncio.sleep(0.1)
     assert metric(server, "modelplane_runtime_in_flight_requests") == MAX_CONCURRENCY
     for stream, _ in streams:
         await stream.close()  # the client goes away: vLLM aborts, the slots free up
