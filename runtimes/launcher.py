@@ -82,9 +82,9 @@ def _parse_vllm_args(argv: Sequence[str]) -> argparse.Namespace:
     from vllm.logger import configure_logging_from_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    cli_env_setup()
-    parser = make_arg_parser(FlexibleArgumentParser(prog="modelplane runtime head", description="vLLM arguments"))
-    args = parser.parse_args(list(argv))
+    cli_env_setup()  # type: ignore[no-untyped-call]
+    parser = make_arg_parser(FlexibleArgumentParser(prog="modelplane runtime head", description="vLLM arguments"))  # type: ignore[no-untyped-call]
+    args: argparse.Namespace = parser.parse_args(list(argv))
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
     return args

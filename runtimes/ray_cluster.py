@@ -159,7 +159,7 @@ class RayHead:
 def cluster_state() -> ClusterState:
     import ray
 
-    alive = [node for node in ray.nodes() if node.get("Alive")]
+    alive = [node for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
     return ClusterState(nodes=len(alive), gpus=sum(float(node.get("Resources", {}).get("GPU", 0)) for node in alive))
 
 

@@ -73,7 +73,7 @@ def _uvicorn_config(app: Any, args: Namespace) -> uvicorn.Config:
     kwargs: dict[str, Any] = {}
     if (log_config := get_uvicorn_log_config(args)) is not None:
         kwargs["log_config"] = log_config
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -86,13 +86,9 @@ def _uvicorn_config(app: Any, args: Namespace) -> uvicorn.Config:
         ssl_ca_certs=args.ssl_ca_certs,
         ssl_cert_reqs=args.ssl_cert_reqs,
         ssl_ciphers=args.ssl_ciphers,
+        h11_max_incomplete_event_size=args.h11_max_incomplete_event_size,
         **kwargs,
     )
-    if args.h11_max_incomplete_event_size is not None:
-        config.h11_max_incomplete_event_size = args.h11_max_incomplete_event_size
-    if args.h11_max_header_count is not None:
-        config.h11_max_header_count = args.h11_max_header_count
-    return config
 
 
 async def _build(engine_client: Any, args: Namespace, settings: RuntimeSettings, metrics: RuntimeMetrics) -> tuple[FastAPI, RuntimeGate]:

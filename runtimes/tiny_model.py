@@ -63,7 +63,7 @@ def _train_tokenizer() -> Any:
 def _save_tokenizer(tokenizer: Any, out: Path) -> int:
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=BOS,
         eos_token=EOS,
@@ -81,7 +81,7 @@ def _save_model(vocab_size: int, token_ids: dict[str, int], seed: int, out: Path
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -96,11 +96,12 @@ def _save_model(vocab_size: int, token_ids: dict[str, int], seed: int, out: Path
         eos_token_id=token_ids[EOS],
         pad_token_id=token_ids[PAD],
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
-    model.generation_config = GenerationConfig(bos_token_id=token_ids[BOS], eos_token_id=token_ids[EOS], pad_token_id=token_ids[PAD])
+    model = LlamaForCausalLM(config).eval()  # type: ignore[no-untyped-call]
+    ids = {"bos_token_id": token_ids[BOS], "eos_token_id": token_ids[EOS], "pad_token_id": token_ids[PAD]}
+    model.generation_config = GenerationConfig(**ids)  # type: ignore[no-untyped-call]
     model.save_pretrained(str(out), safe_serialization=True)
 
 
