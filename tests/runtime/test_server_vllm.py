@@ -20,6 +20,7 @@ from openai import AsyncOpenAI, OpenAI
 from tokenizers import Tokenizer
 
 from runtimes.local import LocalServer, free_port, runtime_command
+from tests.fixtures.figures import FiguresRecorder
 
 pytestmark = pytest.mark.vllm
 
@@ -222,22 +223,32 @@ async def finish(stream: Any) -> tuple[str | None, int]:
     return finish_reason, tokens
 
 
-async def test_overload_answers_429_with_retry_after(server: LocalServer) -> None:
+OVERFLOW = 6  # requests sent while every slot is taken
+
+
+async def test_overload_answers_429_with_retry_after(server: LocalServer, figures: FiguresRecorder) -> None:
     client = async_sdk(server)
     streams = [await open_stream(client, LONG) for _ in range(MAX_CONCURRENCY)]
-    with pytest.raises(openai.RateLimitError) as limited:
-        await client.completions.create(model=MODEL, prompt="x", max_tokens=2)
-    assert limited.value.status_code == 429
-    assert limited.value.response.headers["retry-after"] == "1"
-    assert isinstance(limited.value.body, dict) and limited.value.body["code"] == "rate_limit_exceeded"
-    assert await asyncio.gather(*(finish(stream) for stream, _ in streams)) == [("length", LONG)] * MAX_CONCURRENCY
-    assert metric(server, "modelplane_runtime_in_flight_requests") == 0
-    assert metric(server, "modelplane_runtime_rejected_requests_total", reason="overloaded") >= 1
+    outcomes = await asyncio.gather(
+        *(client.completions.create(model=MODEL, prompt="x", max_tokens=2) for _ in range(OVERFLOW)), return_exceptions=True
+    )
+    limited = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+    finished = await asyncio.gather(*(finish(stream) for stream, _ in streams))
     reply = await client.completions.create(model=MODEL, prompt="x", max_tokens=2)  # the slots are free again
-    assert reply.choices
+    completed = sum(result == ("length", LONG) for result in finished) + bool(reply.choices)
+    sent = MAX_CONCURRENCY + OVERFLOW + 1
+    figures.report(published=sent, applied=completed, dead_lettered=len(limited), lost=sent - completed - len(limited), trials=1)
+    assert len(limited) == OVERFLOW, outcomes
+    for error in limited:
+        assert error.status_code == 429
+        assert error.response.headers["retry-after"] == "1"
+        assert isinstance(error.body, dict) and error.body["code"] == "rate_limit_exceeded"
+    assert finished == [("length", LONG)] * MAX_CONCURRENCY and reply.choices
+    assert metric(server, "modelplane_runtime_in_flight_requests") == 0
+    assert metric(server, "modelplane_runtime_rejected_requests_total", reason="overloaded") >= OVERFLOW
 
 
-async def test_sigterm_finishes_open_streams_then_exits_0(server: LocalServer) -> None:
+async def test_sigterm_finishes_open_streams_then_exits_0(server: LocalServer, figures: FiguresRecorder) -> None:
     """Runs last: Knative's scale-down. New requests get 503, the open streams finish, exit code 0."""
     client = async_sdk(server)
     streams = [await open_stream(client, LONG) for _ in range(2)]
@@ -253,5 +264,7 @@ async def test_sigterm_finishes_open_streams_then_exits_0(server: LocalServer) -
         error = assert_openai_error(refused, 503)
         assert error["code"] == "draining"
     results = await asyncio.gather(*(finish(stream) for stream, _ in streams))
+    completed = sum(result == ("length", LONG) for result in results)
+    figures.report(published=len(streams) + 1, applied=completed, dead_lettered=1, lost=len(streams) - completed, trials=1)
     assert results == [("length", LONG)] * 2
     assert await asyncio.to_thread(server.wait, 120) == 0
