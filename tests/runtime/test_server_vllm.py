@@ -202,56 +202,93 @@ def test_metrics_cover_vllm_and_the_runtime(server: LocalServer) -> None:
     assert metric(server, "modelplane_runtime_max_concurrency") == MAX_CONCURRENCY
 
 
-async def open_stream(client: AsyncOpenAI, max_tokens: int) -> tuple[Any, Any]:
-    """A completion stream that has delivered its first chunk."""
-    stream = await client.completions.create(
-        model=MODEL, prompt="Hello", max_tokens=max_tokens, stream=True, stop=[], stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
-    )  # fmt: skip
-    iterator = stream.__aiter__()
-    first = await iterator.__anext__()
-    return stream, first
+OVERFLOW = 6  # requests sent at once while every slot is taken
 
 
-async def finish(stream: Any) -> tuple[str | None, int]:
+class HeldRequest:
+    """A completion request whose body is sent but for its last byte until `release()`.
+
+    The server counts it in flight from the moment it arrives, whatever the machine's speed — a
+    long stream on the tiny model may be fully generated (and off the server's books) before a
+    test gets to look, so slots and drains are held this way instead.
+    """
+
+    def __init__(self, server: LocalServer, **request: Any) -> None:
+        self._release = asyncio.Event()
+        body = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": 5, **request}).encode()
+
+        async def upload() -> Any:
+            yield body[:-1]
+            await self._release.wait()
+            yield body[-1:]
+
+        self._client = httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120)
+        self.task = asyncio.create_task(
+            self._client.post("/v1/completions", content=upload(), headers={"content-type": "application/json"})
+        )
+
+    async def release(self) -> httpx.Response:
+        self._release.set()
+        try:
+            return await self.task
+        finally:
+            await self._client.aclose()
+
+
+def streamed(response: httpx.Response) -> tuple[str | None, int]:
+    """The finish reason and completion tokens of a server-sent-events completion."""
     finish_reason, tokens = None, 0
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].finish_reason:
-            finish_reason = chunk.choices[0].finish_reason
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
+    for line in response.text.splitlines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line.removeprefix("data: "))
+        if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
+            finish_reason = chunk["choices"][0]["finish_reason"]
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
     return finish_reason, tokens
 
 
-OVERFLOW = 6  # requests sent while every slot is taken
+async def hold(server: LocalServer, count: int, **request: Any) -> list[HeldRequest]:
+    held = [HeldRequest(server, **request) for _ in range(count)]
+    for _ in range(500):
+        if metric(server, "modelplane_runtime_in_flight_requests") == count:
+            return held
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the server never counted {count} requests in flight")
+
+
+def completed(response: httpx.Response) -> bool:
+    return response.status_code == 200 and bool(response.json()["choices"][0]["text"] is not None)
 
 
 async def test_overload_answers_429_with_retry_after(server: LocalServer, figures: FiguresRecorder) -> None:
     client = async_sdk(server)
-    streams = [await open_stream(client, LONG) for _ in range(MAX_CONCURRENCY)]
+    rejected_before = metric(server, "modelplane_runtime_rejected_requests_total", reason="overloaded")
+    held = await hold(server, MAX_CONCURRENCY)
     outcomes = await asyncio.gather(
         *(client.completions.create(model=MODEL, prompt="x", max_tokens=2) for _ in range(OVERFLOW)), return_exceptions=True
     )
     limited = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
-    finished = await asyncio.gather(*(finish(stream) for stream, _ in streams))
+    finished = [await request.release() for request in held]
     reply = await client.completions.create(model=MODEL, prompt="x", max_tokens=2)  # the slots are free again
-    completed = sum(result == ("length", LONG) for result in finished) + bool(reply.choices)
+    served = sum(completed(response) for response in finished) + bool(reply.choices)
     sent = MAX_CONCURRENCY + OVERFLOW + 1
-    figures.report(published=sent, applied=completed, dead_lettered=len(limited), lost=sent - completed - len(limited), trials=1)
+    figures.report(published=sent, applied=served, dead_lettered=len(limited), lost=sent - served - len(limited), trials=1)
     assert len(limited) == OVERFLOW, outcomes
     for error in limited:
         assert error.status_code == 429
         assert error.response.headers["retry-after"] == "1"
         assert isinstance(error.body, dict) and error.body["code"] == "rate_limit_exceeded"
-    assert finished == [("length", LONG)] * MAX_CONCURRENCY and reply.choices
+    assert served == MAX_CONCURRENCY + 1
     assert metric(server, "modelplane_runtime_in_flight_requests") == 0
-    assert metric(server, "modelplane_runtime_rejected_requests_total", reason="overloaded") >= OVERFLOW
+    assert metric(server, "modelplane_runtime_rejected_requests_total", reason="overloaded") - rejected_before == OVERFLOW
 
 
 async def test_sigterm_finishes_open_streams_then_exits_0(server: LocalServer, figures: FiguresRecorder) -> None:
-    """Runs last: Knative's scale-down. New requests get 503, the open streams finish, exit code 0."""
-    client = async_sdk(server)
-    streams = [await open_stream(client, LONG) for _ in range(2)]
+    """Runs last: Knative's scale-down. New requests get 503, the streams in flight finish, exit code 0."""
+    long_stream = {"max_tokens": LONG, "stream": True, "stop": [], "ignore_eos": True, "stream_options": {"include_usage": True}}
+    held = await hold(server, MAX_CONCURRENCY, **long_stream)
     server.terminate()
     async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as h:
         for _ in range(100):  # the signal is asynchronous: wait until the server says it is draining
@@ -263,8 +300,9 @@ async def test_sigterm_finishes_open_streams_then_exits_0(server: LocalServer, f
         refused = await h.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
         error = assert_openai_error(refused, 503)
         assert error["code"] == "draining"
-    results = await asyncio.gather(*(finish(stream) for stream, _ in streams))
-    completed = sum(result == ("length", LONG) for result in results)
-    figures.report(published=len(streams) + 1, applied=completed, dead_lettered=1, lost=len(streams) - completed, trials=1)
-    assert results == [("length", LONG)] * 2
+    answers = [await request.release() for request in held]  # the streams start now, during the drain
+    results = [streamed(answer) for answer in answers]
+    served = sum(result == ("length", LONG) for result in results)
+    figures.report(published=len(held) + 1, applied=served, dead_lettered=1, lost=len(held) - served, trials=1)
+    assert results == [("length", LONG)] * len(held)
     assert await asyncio.to_thread(server.wait, 120) == 0
