@@ -20,6 +20,8 @@ from types import ModuleType
 
 import pytest
 
+from tests.manifests.kustomize import rendered_text
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "manifests" / "e2e" / "kind-e2e.sh"
 TOOLS = ("docker", "kind", "kubectl", "helm", "curl")
@@ -234,3 +236,11 @@ def test_modelplane_commands_of_the_plan_parse(dry_run: tuple[str, Path]) -> Non
     assert [args[0] for args in commands] == ["publish", "deploy"]
     for args in commands:
         check_modelplane_args(args)
+
+
+def test_the_e2e_overlay_runs_the_images_the_script_builds() -> None:
+    script = SCRIPT.read_text()
+    built = {match.group(1) for match in re.finditer(r"^(?:CONTROLLER|RUNTIME)_IMAGE=(\S+)$", script, re.MULTILINE)}
+    ours = {image for image in re.findall(r"\bimage: (\S+)", rendered_text("e2e/overlay")) if "modelplane" in image}
+    assert built == {"dev.local/modelplane-controller:e2e", "dev.local/modelplane-runtime-cpu:e2e"}
+    assert ours == built, f"the e2e install would pull {sorted(ours - built)} instead of the images kind-e2e.sh loads"
