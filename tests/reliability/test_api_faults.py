@@ -11,11 +11,10 @@ import asyncio
 from pathlib import Path
 
 from events.local_server import LocalNatsServer
-from events.stream import StreamSettings, provision_stream
 from tests.fixtures.figures import FiguresRecorder
 from tests.fixtures.nats import nats_client
 from tests.k8s_emulator import KubernetesEmulator
-from tests.reliability.harness import WriteLog, converge, publish_reliably
+from tests.reliability.harness import WriteLog, converge, provision, publish_reliably
 from tests.reliability.settings import SEED, SIZES, kube_controller
 from tests.reliability.workload import build_workload
 
@@ -41,28 +40,17 @@ async def test_api_faults_on_a_fifth_of_calls_still_converge(
     k8s_emulator: KubernetesEmulator, nats_server: LocalNatsServer, tmp_path: Path, figures: FiguresRecorder
 ) -> None:
     workload = build_workload(events=SIZES.events, templates=SIZES.templates, seed=SEED + 100, namespace=NAMESPACE, root=ROOT)
-    stream = ROOT.upper()
     k8s_emulator.faults.clear(seed=SEED)
     inject_faults(k8s_emulator)
     writes = WriteLog(k8s_emulator, NAMESPACE)
     controller = kube_controller(k8s_emulator, nats_server.url, root=ROOT, namespace=NAMESPACE, log=tmp_path / "controller.log")
     try:
         async with nats_client(nats_server.options()) as nc:
-            await provision_stream(nc.jetstream(), StreamSettings(name=stream, subject_root=ROOT))
+            await provision(nc, workload)
             controller.start()
             await asyncio.to_thread(controller.wait_ready)
             sequences = await publish_reliably(nc, workload.events, rate=PUBLISH_RATE)
-            result = await converge(
-                nc,
-                k8s_emulator,
-                limit=240,
-                stream=stream,
-                durable="modelplane-controller",
-                root=ROOT,
-                namespace=NAMESPACE,
-                sequences=sequences,
-                expected=workload.expected,
-            )
+            result = await converge(nc, k8s_emulator, workload, sequences, limit=240)
         stats = k8s_emulator.faults.stats()
         alive = controller.alive()
     finally:
@@ -71,10 +59,7 @@ async def test_api_faults_on_a_fifth_of_calls_still_converge(
         k8s_emulator.faults.clear()
     calls, injected = stats["calls"].get("total", 0), stats["injected"]
     figures.report(
-        published=result.published,
-        applied=result.applied,
-        dead_lettered=result.dead_lettered,
-        lost=result.lost,
+        **result.figures(),
         trials=1,
         api_calls=calls,
         faults=injected.get("total", 0),

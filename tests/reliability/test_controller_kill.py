@@ -15,16 +15,14 @@ import random
 from pathlib import Path
 
 from events.local_server import LocalNatsServer
-from events.stream import StreamSettings, provision_stream
 from tests.fixtures.figures import FiguresRecorder
 from tests.fixtures.nats import nats_client
 from tests.k8s_emulator import KubernetesEmulator
-from tests.reliability.harness import WriteLog, converge, publish_reliably
+from tests.reliability.harness import WriteLog, converge, provision, publish_reliably
 from tests.reliability.settings import SEED, SIZES, kube_controller
 from tests.reliability.workload import build_workload
 
 PUBLISH_RATE = 250.0  # events/s: the workload flows for a few seconds, long enough to kill into it
-DURABLE = "modelplane-controller"
 
 
 async def test_sigkill_at_random_moments_loses_nothing(
@@ -38,7 +36,7 @@ async def test_sigkill_at_random_moments_loses_nothing(
             rng = random.Random(seed)
             root, namespace = f"kill{trial}", f"kill-{trial}"
             workload = build_workload(events=SIZES.events, templates=SIZES.templates, seed=seed, namespace=namespace, root=root)
-            await provision_stream(nc.jetstream(), StreamSettings(name=root.upper(), subject_root=root))
+            await provision(nc, workload)
             writes = WriteLog(k8s_emulator, namespace)
             controller = kube_controller(k8s_emulator, nats_server.url, root=root, namespace=namespace, log=tmp_path / f"{root}.log")
             try:
@@ -56,17 +54,7 @@ async def test_sigkill_at_random_moments_loses_nothing(
                     controller.start()
                 sequences = await publishing
                 await asyncio.to_thread(controller.wait_ready)
-                result = await converge(
-                    nc,
-                    k8s_emulator,
-                    limit=120,
-                    stream=root.upper(),
-                    durable=DURABLE,
-                    root=root,
-                    namespace=namespace,
-                    sequences=sequences,
-                    expected=workload.expected,
-                )
+                result = await converge(nc, k8s_emulator, workload, sequences, limit=120)
                 exit_code = controller.stop()
             finally:
                 controller.stop()

@@ -14,11 +14,10 @@ from pathlib import Path
 import httpx
 
 from events.local_server import LocalNatsServer
-from events.stream import StreamSettings, provision_stream
 from tests.fixtures.figures import FiguresRecorder
 from tests.fixtures.nats import nats_client
 from tests.k8s_emulator import KubernetesEmulator
-from tests.reliability.harness import WriteLog, converge, publish_reliably
+from tests.reliability.harness import WriteLog, converge, provision, publish_reliably
 from tests.reliability.settings import SEED, SIZES, kube_controller
 from tests.reliability.workload import build_workload
 
@@ -40,12 +39,11 @@ async def outage(server: LocalNatsServer, *, crash: bool, down_s: float) -> None
 
 async def test_nats_restarts_mid_stream_lose_nothing(k8s_emulator: KubernetesEmulator, tmp_path: Path, figures: FiguresRecorder) -> None:
     workload = build_workload(events=SIZES.events, templates=SIZES.templates, seed=SEED, namespace=NAMESPACE, root=ROOT)
-    stream = ROOT.upper()
     with LocalNatsServer(store_dir=tmp_path / "jetstream") as server:
         writes = WriteLog(k8s_emulator, NAMESPACE)
         # the test's own client must outlast the outages too
         async with nats_client(server.options(max_reconnect_attempts=-1, reconnect_time_wait=0.5)) as nc:
-            await provision_stream(nc.jetstream(), StreamSettings(name=stream, subject_root=ROOT))
+            await provision(nc, workload)
             controller = kube_controller(k8s_emulator, server.url, root=ROOT, namespace=NAMESPACE, log=tmp_path / "controller.log")
             try:
                 controller.start()
@@ -57,17 +55,7 @@ async def test_nats_restarts_mid_stream_lose_nothing(k8s_emulator: KubernetesEmu
                 await asyncio.sleep(duration * 0.25)
                 await outage(server, crash=True, down_s=1.0)
                 sequences = await publishing
-                result = await converge(
-                    nc,
-                    k8s_emulator,
-                    limit=120,
-                    stream=stream,
-                    durable="modelplane-controller",
-                    root=ROOT,
-                    namespace=NAMESPACE,
-                    sequences=sequences,
-                    expected=workload.expected,
-                )
+                result = await converge(nc, k8s_emulator, workload, sequences, limit=120)
                 reconnected = reconnects(controller.port)
                 still_running = controller.alive()
                 exit_code = controller.stop()
@@ -76,10 +64,7 @@ async def test_nats_restarts_mid_stream_lose_nothing(k8s_emulator: KubernetesEmu
                 writes.close()
     backwards = writes.out_of_order()
     figures.report(
-        published=result.published,
-        applied=result.applied,
-        dead_lettered=result.dead_lettered,
-        lost=result.lost,
+        **result.figures(),
         trials=1,
         nats_restarts=2,
         controller_reconnects=int(reconnected),
