@@ -102,11 +102,6 @@ def test_every_call_the_controller_makes_is_granted(controller_calls: set[Call],
     assert sorted(call for call in controller_calls if not _granted(call, grants)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manifests/base/rbac.yaml grants inferenceservices/status get and core events create/patch, which the "
-    "controller never calls (see the report of issue #7); remove them there and in tests/manifests/test_controller_install.py",
-)
 def test_every_grant_is_used(controller_calls: set[Call], rbac: list[dict[str, Any]]) -> None:
     used = {(verb, group, resource) for verb, group, resource, _ in controller_calls}
     unused = sorted(grant for grant in _grants(rbac) if grant[:3] not in used)
