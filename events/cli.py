@@ -132,6 +132,9 @@ def root(
     tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA bundle [MODELPLANE_NATS_TLS_CA]")] = None,
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="client certificate [MODELPLANE_NATS_TLS_CERT]")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="client key [MODELPLANE_NATS_TLS_KEY]")] = None,
+    inbox_prefix: Annotated[
+        str | None, typer.Option("--nats-inbox-prefix", help="this publisher's reply inbox prefix [MODELPLANE_NATS_INBOX_PREFIX]")
+    ] = None,
     connect_timeout: Annotated[float, typer.Option("--connect-timeout", min=0.1, help="seconds per connection attempt")] = 5.0,
     connect_attempts: Annotated[int, typer.Option("--connect-attempts", min=1, help="attempts per server before giving up")] = 2,
     source: Annotated[str, typer.Option("--source", help="CloudEvents source of published events")] = SOURCE_DEFAULT,
@@ -147,6 +150,7 @@ def root(
         "tls_ca": tls_ca,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
+        "inbox_prefix": inbox_prefix,
     }
     flags = {name: value for name, value in flags.items() if value is not None}
     # A command line should fail fast when NATS is not there; the controller waits longer.

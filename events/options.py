@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ class NatsOptions(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     name: str = "modelplane"
+    # Where JetStream sends this client's acks and fetched messages. With subject permissions, give
+    # every publisher its own prefix (e.g. `_INBOX_team_a`) so that none needs `_INBOX.>`, which
+    # would let it read the replies of every other client (docs/security.md).
+    inbox_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length=128)] = "_INBOX"
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
     # Attempts per server before giving up, on the first connection and on reconnects; -1 = forever.
     max_reconnect_attempts: int = Field(default=60, ge=-1)
@@ -122,6 +126,7 @@ class NatsOptions(BaseSettings):
             "connect_timeout": self.connect_timeout,
             "max_reconnect_attempts": self.max_reconnect_attempts,
             "reconnect_time_wait": self.reconnect_time_wait,
+            "inbox_prefix": self.inbox_prefix,
         }
         if self.user:
             kwargs["user"] = self.user

@@ -15,9 +15,12 @@ from typing import Any
 
 import nats.errors
 import pytest
+import yaml
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
+from typer.testing import CliRunner
 
+from events.cli import app as cli_app
 from events.codec import decode
 from events.local_server import LocalNatsServer, TlsFiles
 from events.options import NatsOptions
@@ -62,12 +65,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer
 
 
 def options_for(server: LocalNatsServer, user: str) -> NatsOptions:
-    return server.options(user=user, password=PASSWORDS[USERS[user]], max_reconnect_attempts=1)
+    inbox = {"inbox_prefix": INBOXES[user]} if user in INBOXES else {}
+    return server.options(user=user, password=PASSWORDS[USERS[user]], max_reconnect_attempts=1, **inbox)
 
 
 @contextlib.asynccontextmanager
 async def publisher(server: LocalNatsServer, user: str) -> AsyncIterator[Publisher]:
-    client = await options_for(server, user).connect(inbox_prefix=INBOXES[user])
+    client = await options_for(server, user).connect()
     async with Publisher(client, owns_client=True, ack_timeout=REFUSAL_WAIT_S) as connected:
         yield connected
 
@@ -188,3 +192,24 @@ async def _eventually_stored(server: LocalNatsServer, subject: str) -> Any:
             return found
         await asyncio.sleep(0.05)
     raise AssertionError(f"nothing stored on {subject}")
+
+
+def test_the_cli_publishes_with_the_publishers_own_inbox_prefix(server: LocalNatsServer, tmp_path: Path) -> None:
+    """`modelplane publish` as publisher-team-a: with its inbox prefix it works; with NATS's default `_INBOX` it gets no ack."""
+    document = tmp_path / "team-a.yaml"
+    document.write_text(yaml.safe_dump(version_document(TEAM_A, version=7)))
+    assert server.tls is not None and server.tls.ca is not None
+    common = ["--nats-url", server.url, "--tls-ca", str(server.tls.ca), "--nats-user", "publisher-team-a"]
+    common += ["--nats-password", PASSWORDS["TEAM_A_PASSWORD"], "--connect-attempts", "1"]
+    subject = template_subject(TEAM_A, EventKind.VERSION_PUBLISHED)
+    runner = CliRunner()
+
+    # The publish itself is allowed, but the stream's acknowledgement cannot reach `_INBOX.…`:
+    # the CLI cannot confirm it and says so.
+    without = runner.invoke(cli_app, [*common, "publish", str(document)])
+    assert without.exit_code != 0
+    assert "did not acknowledge" in without.output
+
+    with_prefix = runner.invoke(cli_app, [*common, "--nats-inbox-prefix", INBOXES["publisher-team-a"], "publish", str(document)])
+    assert with_prefix.exit_code == 0, with_prefix.output
+    assert run_in_thread(stored(server, subject)).version == 7
