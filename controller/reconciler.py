@@ -195,7 +195,10 @@ class Reconciler:
             try:
                 action = await self.sink.apply(obj)
             except TransientSinkError:
-                self.live.pop(key, None)  # unknown now: ask the sink next time
+                # The write may have happened (e.g. the API committed it, then the answer timed out):
+                # remember an object of unknown content, so that it is written again while wanted and
+                # deleted if the deployment goes away before that.
+                self.live[key] = LiveObject(template=deployment.template, content_hash=None, version=None, stopped=False)
                 self.metrics.sink_errors.labels("transient").inc()
                 raise
             except PermanentSinkError:
@@ -224,7 +227,7 @@ class Reconciler:
                 return  # the key now belongs to another template, whose reconciliation replaces the object
             started = time.perf_counter()
             try:
-                await self.sink.delete(*key)
+                existed = await self.sink.delete(*key)
             except TransientSinkError:
                 self.metrics.sink_errors.labels("transient").inc()
                 raise
@@ -233,6 +236,8 @@ class Reconciler:
                 raise
             self.metrics.apply_latency.labels(self.sink_name, "deleted").observe(time.perf_counter() - started)
             self.live.pop(key, None)
+        if not existed and live.content_hash is None:
+            return  # an earlier write that failed had not happened after all: nothing to report
         result.actions[key] = "deleted"
         log.info("deleted %s/%s", key[0], key[1], extra={"template": template, "version": live.version})
         await self.reporter.report(

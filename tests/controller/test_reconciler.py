@@ -48,13 +48,18 @@ class CountingSink(DirSink):
         self.applies = 0
         self.deletes = 0
         self.fail_next: int = 0
+        self.fail_after_write: int = 0  # the write happens, then the answer is lost (a timeout)
 
     async def apply(self, isvc: Object) -> ApplyAction:
         self.applies += 1
         if self.fail_next:
             self.fail_next -= 1
             raise TransientSinkError("API 503")
-        return await super().apply(isvc)
+        action = await super().apply(isvc)
+        if self.fail_after_write:
+            self.fail_after_write -= 1
+            raise TransientSinkError("timed out waiting for the API's answer")
+        return action
 
     async def delete(self, namespace: str, name: str) -> bool:
         self.deletes += 1
@@ -142,6 +147,28 @@ async def test_transient_failure_is_retried_by_the_next_reconciliation(h: Harnes
     result = await h.reconciler.reconcile("tiny-demo")
     assert isinstance(result.transient, TransientSinkError) and not (h.sink.root / "default").exists()
     assert (await h.reconciler.reconcile("tiny-demo")).actions == {("default", "tiny-demo"): "created"}
+
+
+async def test_a_write_whose_answer_was_lost_is_deleted_when_no_longer_wanted(h: Harness) -> None:
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo"))
+    h.sink.fail_after_write = 1
+    assert isinstance((await h.reconciler.reconcile("tiny-demo")).transient, TransientSinkError)
+    assert (h.sink.root / "default" / "tiny-demo.yaml").exists(), "the write happened; only its answer was lost"
+    h.event(DeploymentDeleted(template="tiny-demo"))
+    assert (await h.reconciler.reconcile("tiny-demo")).actions == {("default", "tiny-demo"): "deleted"}
+    assert not (h.sink.root / "default" / "tiny-demo.yaml").exists()
+
+
+async def test_a_failed_write_that_never_happened_needs_no_delete_and_reports_none(h: Harness) -> None:
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo"))
+    h.sink.fail_next = 1
+    await h.reconciler.reconcile("tiny-demo")
+    h.event(DeploymentDeleted(template="tiny-demo"))
+    result = await h.reconciler.reconcile("tiny-demo")
+    assert result.actions == {} and result.transient is None and h.sink.deletes == 1
+    assert [a.action for a in h.recorder.of(EventKind.DEPLOYMENT_APPLIED)] == []
 
 
 async def test_objects_not_managed_by_modelplane_are_never_touched(h: Harness) -> None:
