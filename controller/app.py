@@ -67,7 +67,7 @@ class Controller:
     def __init__(self, config: ControllerConfig, *, sink: Sink | None = None, api_client: ApiClient | None = None) -> None:
         self.config = config
         self.metrics = ControllerMetrics()
-        self.state = DesiredState(allowed_namespaces=config.allowed_namespaces)
+        self.state = DesiredState(allowed_namespaces=config.allowed_namespaces, reserved_namespaces=frozenset(config.reserved_namespaces))
         self.ops = OpsServer(self.metrics, self.readiness, config.metrics_host, config.metrics_port)
         self.role = "unknown" if config.leader_election else "leader"
         self.rebuilt = False

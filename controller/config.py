@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.state import DEFAULT_RESERVED_NAMESPACES
 from events.options import NatsOptions
 from events.types import STREAM_NAME, SUBJECT_ROOT
 from templates.schema import SecretRef
@@ -103,7 +104,9 @@ class ControllerConfig(BaseSettings):
 
     sink: Literal["kube", "dir"] = "kube"
     dir: Path | None = None  # the GitOps directory of the `dir` sink
-    namespaces: list[str] | None = None  # None: every namespace
+    namespaces: list[str] | None = None  # None: every namespace but the reserved ones
+    # Never serve models here, even when every namespace is managed: the cluster's own, and the controller's.
+    reserved_namespaces: list[str] = Field(default_factory=lambda: list(DEFAULT_RESERVED_NAMESPACES))
     kubeconfig: Path | None = None  # None: in-cluster, then ~/.kube/config
 
     render: RenderConfig = Field(default_factory=RenderConfig)
@@ -134,6 +137,13 @@ class ControllerConfig(BaseSettings):
     @property
     def allowed_namespaces(self) -> frozenset[str] | None:
         return frozenset(self.namespaces) if self.namespaces else None
+
+    @model_validator(mode="after")
+    def _managed_namespaces_are_not_reserved(self) -> ControllerConfig:
+        clash = sorted(set(self.namespaces or ()) & set(self.reserved_namespaces))
+        if clash:
+            raise ValueError(f"namespaces {clash} are reserved (reserved_namespaces): models never run there")
+        return self
 
     def retry_delay(self, deliveries: int) -> float:
         """Nak delay before the next delivery of a message delivered `deliveries` times."""

@@ -39,6 +39,9 @@ from events.types import (
 from templates.registry import AddOutcome, ImmutableVersionError, VersionRegistry
 from templates.schema import ModelTemplateVersion, errors_from
 
+# The cluster's own namespaces and the controller's: no event ever puts a model there.
+DEFAULT_RESERVED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "modelplane-system")
+
 DeploymentKey = tuple[str, str]  # (namespace, name)
 
 
@@ -103,7 +106,8 @@ class Reduction:
 class DesiredState:
     """Template versions and requested deployments. Pure: the same events give the same state."""
 
-    allowed_namespaces: frozenset[str] | None = None  # None: every namespace
+    allowed_namespaces: frozenset[str] | None = None  # None: every namespace but the reserved ones
+    reserved_namespaces: frozenset[str] = frozenset(DEFAULT_RESERVED_NAMESPACES)
     versions: VersionRegistry = field(default_factory=VersionRegistry)
     deployments: dict[DeploymentKey, Deployment] = field(default_factory=dict)
     high_water: dict[str, int] = field(default_factory=dict)  # template (subject) → highest sequence reduced
@@ -205,6 +209,8 @@ class DesiredState:
 
     def _request(self, data: DeploymentRequested, event: InboundEvent) -> Reduction:
         key = data.key
+        if data.namespace in self.reserved_namespaces:
+            raise Rejected(f"namespace {data.namespace!r} is reserved (the cluster's or modelplane's own): models never run there")
         if self.allowed_namespaces is not None and data.namespace not in self.allowed_namespaces:
             raise Rejected(f"namespace {data.namespace!r} is not one the controller manages ({', '.join(sorted(self.allowed_namespaces))})")
         if self.versions.latest(data.template) is None:

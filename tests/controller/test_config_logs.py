@@ -37,6 +37,8 @@ def test_invalid_configuration_is_refused_with_the_field(tmp_path: Path) -> None
         build_config({"sink": "dir"})
     with pytest.raises(ValidationError, match="floor_s"):
         build_config({"sink": "dir", "dir": tmp_path, "render.cold_start.floor_s": 4000, "render.cold_start.cap_s": 3000})
+    with pytest.raises(ValidationError, match=r"namespaces \['kube-system'\] are reserved"):
+        build_config({"sink": "dir", "dir": tmp_path, "namespaces": ["llm", "kube-system"]})
 
 
 def test_retry_delay_doubles_up_to_the_cap(tmp_path: Path) -> None:

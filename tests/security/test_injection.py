@@ -305,8 +305,11 @@ def _state_with_team_a() -> DesiredState:
 
 def test_a_namespace_the_controller_does_not_manage_is_rejected() -> None:
     state = _state_with_team_a()
-    with pytest.raises(Rejected, match="namespace 'kube-system' is not one the controller manages"):
-        state.apply(_inbound(TEAM_A, REQUESTED, REQUESTED.ce_type, {"template": TEAM_A, "namespace": "kube-system"}, 2))
+    with pytest.raises(Rejected, match="namespace 'team-b' is not one the controller manages"):
+        state.apply(_inbound(TEAM_A, REQUESTED, REQUESTED.ce_type, {"template": TEAM_A, "namespace": "team-b"}, 2))
+    for sequence, reserved in enumerate(("kube-system", "modelplane-system"), 3):
+        with pytest.raises(Rejected, match=f"namespace '{reserved}' is reserved"):
+            state.apply(_inbound(TEAM_A, REQUESTED, REQUESTED.ce_type, {"template": TEAM_A, "namespace": reserved}, sequence))
     assert state.deployments == {}
 
 
@@ -448,9 +451,10 @@ def end_to_end_events() -> list[tuple[str, str, EventKind, str, Any, str]]:
             TEAM_A,
             REQUESTED,
             requested,
-            {"template": TEAM_A, "namespace": "kube-system"},
+            {"template": TEAM_A, "namespace": "team-b"},
             "is not one the controller manages",
         ),
+        ("reserved namespace", TEAM_A, REQUESTED, requested, {"template": TEAM_A, "namespace": "kube-system"}, "is reserved"),
         ("another team's template", TEAM_A, REQUESTED, requested, {"template": TEAM_B, "namespace": MANAGED}, "the subject names template"),
         (
             "forged status event",
