@@ -14,7 +14,9 @@ ratio compares its two sides.
   - `template.version.published`: `publish_version(version)` of an already-validated
     version, which also hashes the version's canonical JSON for `modelplanehash`;
 - raw: `js.publish(subject, payload, headers=...)` of the same events pre-encoded, i.e. the
-  wire work alone.
+  wire work alone. (The publisher sends the same JetStream publish request and reads the same
+  acknowledgement, but with `nc.request` and its own reading of the acknowledgement rather
+  than through nats-py's `JetStreamContext.publish`: see events/publisher.py.)
 
 The headline `publisher_vs_raw_throughput_ratio` is the lower of the median round ratios
 of the two frequent events (requests and status). Version publishing is reported beside

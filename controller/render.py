@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -31,8 +32,9 @@ from controller.sinks.base import (
     Object,
 )
 from controller.state import Deployment
+from events.types import DeploymentOverrides
 from runtimes.engine_args import engine_cli_args, runtime_env
-from templates.schema import ModelTemplateVersion, Scaling, errors_from
+from templates.schema import ModelTemplateVersion, Scaling, duration_seconds, errors_from
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
@@ -50,9 +52,7 @@ MODEL_CACHE_VOLUME = "model-cache"
 WORKER_CONTAINER = "worker-container"
 # annotations that describe an object's history rather than its content: not hashed
 _UNHASHED_ANNOTATIONS = frozenset({HASH_ANNOTATION, SOURCE_EVENT_ANNOTATION})
-_RUNTIME_CACHE_SIZE = 4096
-# (template, version, version hash) → (engine args, runtime env): versions are immutable, so this is a pure memo
-_runtime_cache: OrderedDict[tuple[str, int, str], tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = OrderedDict()
+_PARTS_CACHE_SIZE = 4096
 
 
 class RenderError(ValueError):
@@ -74,13 +74,21 @@ class ScalePlan:
 
 
 def effective_scaling(version: ModelTemplateVersion, deployment: Deployment) -> Scaling:
-    if not deployment.overrides.model_fields_set:
+    overrides = deployment.overrides
+    # A decoded request carries every override field, most of them None: only a value overrides anything.
+    if not overrides.model_fields_set or all(value is None for value in overrides.__dict__.values()):
         return version.spec.scaling
     try:
-        return deployment.overrides.apply_to(version.spec.scaling)
+        return _overridden(version.spec.scaling, overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{loc}: {msg}" for loc, msg in errors_from(exc))
         raise RenderError(f"the deployment's overrides do not fit {version.ref}: {problems}") from None
+
+
+@lru_cache(maxsize=1024)
+def _overridden(scaling: Scaling, overrides: DeploymentOverrides) -> Scaling:
+    # both are frozen (hashable) models and re-validating the merge is the costly part of a render
+    return overrides.apply_to(scaling)
 
 
 def scale_plan(version: ModelTemplateVersion, deployment: Deployment, scaling: Scaling | None = None) -> ScalePlan:
@@ -114,63 +122,37 @@ def render_inference_service(
     """The InferenceService for a deployment of a version, with its content hash annotated.
 
     `version_hash` is the version's content hash when the caller already knows it (it costs a
-    canonical JSON dump to compute).
+    canonical JSON dump to compute); with it, what the version alone decides is computed once
+    per version and configuration, not once per render.
     """
-    spec = version.spec
     scaling = effective_scaling(version, deployment)
     plan = scale_plan(version, deployment, scaling)
-    runtime = config.multinode_runtime if plan.multinode else config.runtime
+    parts = _version_parts(version, version_hash, config)  # fresh containers, ours to fill in
 
-    args, env = _runtime_parts(version, version_hash)
-    model: dict[str, Any] = {
-        "modelFormat": {"name": config.model_format},
-        "runtime": runtime,
-        "args": list(args),
-        "env": _env(version, env, config),
-        "resources": _resources(version, config),
-    }
-    if spec.source_scheme != "local":
-        model["storageUri"] = spec.source
-    predictor: dict[str, Any] = {"model": model, "minReplicas": plan.min_replicas, "maxReplicas": plan.max_replicas}
-    predictor.update(_placement(version, config))
-    if spec.storage.cache_pvc:
-        model["volumeMounts"] = [{"name": MODEL_CACHE_VOLUME, "mountPath": config.model_cache_mount}]
-        predictor["volumes"] = [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.storage.cache_pvc}}]
-
-    annotations: dict[str, str] = {
-        VERSION_HASH_ANNOTATION: version_hash or version.content_hash,
-        SERVED_MODEL_ANNOTATION: version.served_model_name,
-    }
+    predictor: dict[str, Any] = {"model": parts["model"], "minReplicas": plan.min_replicas, "maxReplicas": plan.max_replicas}
+    predictor.update(parts["placement"])
+    annotations: dict[str, str] = parts["annotations"]
     if plan.multinode:
-        annotations[DEPLOYMENT_MODE_ANNOTATION] = RAW_DEPLOYMENT
-        annotations[AUTOSCALER_CLASS_ANNOTATION] = "none"
-        predictor["workerSpec"] = _worker_spec(version, config)
+        predictor["workerSpec"] = parts["worker"]
     else:
-        annotations[DEPLOYMENT_MODE_ANNOTATION] = SERVERLESS
         predictor["scaleMetric"] = "concurrency"
         predictor["scaleTarget"] = scaling.target_concurrency
         predictor["timeout"] = config.request_timeout_s
-        deadline = config.cold_start.deadline_seconds(spec.model_size_gb, local_source=spec.source_scheme == "local")
-        annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
         # one pod loads the model at creation, so a broken model fails now rather than on the first user request
         annotations[INITIAL_SCALE_ANNOTATION] = str(max(1, plan.min_replicas))
         if plan.scale_to_zero:
-            annotations[RETENTION_ANNOTATION] = f"{scaling.keep_hot_seconds}s"
+            own = scaling is version.spec.scaling
+            annotations[RETENTION_ANNOTATION] = parts["keepHot"] if own else f"{_duration_seconds(scaling.keep_hot)}s"
     if deployment.stopped:
         annotations[STOP_ANNOTATION] = "true"
 
     isvc: Object = {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {
-            "name": deployment.name,
-            "namespace": deployment.namespace,
-            "labels": _labels(version, config),
-            "annotations": annotations,
-        },
+        "metadata": {"name": deployment.name, "namespace": deployment.namespace, "labels": parts["labels"], "annotations": annotations},
         "spec": {"predictor": predictor},
     }
-    annotations[HASH_ANNOTATION] = object_hash(isvc)
+    annotations[HASH_ANNOTATION] = _canonical_hash(isvc)  # no history annotation yet: nothing to leave out
     if deployment.event_id:
         annotations[SOURCE_EVENT_ANNOTATION] = deployment.event_id
     return isvc
@@ -178,24 +160,109 @@ def render_inference_service(
 
 def object_hash(obj: Object) -> str:
     """sha256 over the canonical JSON (sorted keys, compact, UTF-8) of an object without its history annotations."""
-    metadata = dict(obj.get("metadata") or {})
-    metadata["annotations"] = {k: v for k, v in (metadata.get("annotations") or {}).items() if k not in _UNHASHED_ANNOTATIONS}
-    canonical = msgspec.json.encode({**obj, "metadata": metadata}, order="sorted")
-    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+    metadata = obj.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    if not _UNHASHED_ANNOTATIONS.isdisjoint(annotations):
+        metadata = metadata | {"annotations": {k: v for k, v in annotations.items() if k not in _UNHASHED_ANNOTATIONS}}
+        obj = obj | {"metadata": metadata}
+    return _canonical_hash(obj)
 
 
-def _runtime_parts(version: ModelTemplateVersion, version_hash: str | None) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The runtime's args and environment for a version, memoised when the caller vouches for its hash."""
-    key = (version.name, version.version, version_hash) if version_hash else None
-    if key is not None and key in _runtime_cache:
-        _runtime_cache.move_to_end(key)
-        return _runtime_cache[key]
-    parts = (tuple(engine_cli_args(version.spec, version.served_model_name)), tuple(sorted(runtime_env(version.spec).items())))
-    if key is not None:
-        _runtime_cache[key] = parts
-        if len(_runtime_cache) > _RUNTIME_CACHE_SIZE:
-            _runtime_cache.popitem(last=False)
+def _canonical_hash(obj: Object) -> str:
+    return "sha256:" + hashlib.sha256(msgspec.json.encode(obj, order="sorted")).hexdigest()
+
+
+# ------------------------------------------------------------------ what the version alone decides
+#
+# The model container, placement, worker spec, labels and the version's annotations depend on the
+# version (immutable) and the configuration only. They are built once per version and kept as
+# compact JSON: decoding it hands every render fresh containers (callers may change what they get)
+# at a fraction of the cost of building them, and a cache of bytes holds no objects for the
+# garbage collector to trace.
+
+
+class _PartsCache:
+    """(template, version, version hash) → the version's parts as JSON, under one configuration at a time.
+
+    A controller renders with one configuration; another one (compared by identity) starts the cache over.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.config: RenderConfig | None = None
+        self.entries: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
+
+    def parts(self, version: ModelTemplateVersion, version_hash: str, config: RenderConfig) -> dict[str, Any]:
+        if config is not self.config:
+            self.entries.clear()
+            self.config = config
+        key = (version.name, version.version, version_hash)
+        cached = self.entries.get(key)
+        if cached is not None:
+            self.entries.move_to_end(key)
+            parts: dict[str, Any] = _PARTS_DECODER.decode(cached)
+            return parts
+        parts = _compute_parts(version, version_hash, config)
+        self.entries[key] = msgspec.json.encode(parts)
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return parts
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.config = None
+
+
+_PARTS_DECODER = msgspec.json.Decoder(dict[str, Any])
+_parts_cache = _PartsCache(_PARTS_CACHE_SIZE)
+
+
+def forget_rendered_versions() -> None:
+    """Drop what renders remember of versions: the next render of each computes its parts afresh (benchmarks)."""
+    _parts_cache.clear()
+
+
+def _version_parts(version: ModelTemplateVersion, version_hash: str | None, config: RenderConfig) -> dict[str, Any]:
+    """The version's parts in fresh containers, memoised when the caller vouches for the version's hash."""
+    if not version_hash:
+        return _compute_parts(version, version.content_hash, config)
+    return _parts_cache.parts(version, version_hash, config)
+
+
+def _compute_parts(version: ModelTemplateVersion, version_hash: str, config: RenderConfig) -> dict[str, Any]:
+    spec = version.spec
+    storage = spec.storage
+    local = spec.source_scheme == "local"
+    multinode = spec.parallelism.nodes > 1
+    model: dict[str, Any] = {
+        "modelFormat": {"name": config.model_format},
+        "runtime": config.multinode_runtime if multinode else config.runtime,
+        "args": engine_cli_args(spec, version.served_model_name),
+        "env": _env(version, config),
+        "resources": _resources(version, config),
+    }
+    if not local:
+        model["storageUri"] = spec.source
+    placement = _placement(version, config)
+    if storage.cache_pvc:
+        model["volumeMounts"] = [{"name": MODEL_CACHE_VOLUME, "mountPath": config.model_cache_mount}]
+        placement["volumes"] = [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": storage.cache_pvc}}]
+    annotations = {VERSION_HASH_ANNOTATION: version_hash, SERVED_MODEL_ANNOTATION: version.served_model_name}
+    parts: dict[str, Any] = {"model": model, "placement": placement, "labels": _labels(version, config), "annotations": annotations}
+    if multinode:
+        annotations[DEPLOYMENT_MODE_ANNOTATION] = RAW_DEPLOYMENT
+        annotations[AUTOSCALER_CLASS_ANNOTATION] = "none"
+        parts["worker"] = _worker_spec(version, config)
+    else:
+        annotations[DEPLOYMENT_MODE_ANNOTATION] = SERVERLESS
+        deadline = config.cold_start.deadline_seconds(spec.model_size_gb, local_source=local)
+        annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
+        parts["keepHot"] = f"{_duration_seconds(spec.scaling.keep_hot)}s"
     return parts
+
+
+# durations come in a handful of spellings ("10m", "30m", "1h"): parse each once
+_duration_seconds = lru_cache(maxsize=256)(duration_seconds)
 
 
 def _labels(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, str]:
@@ -207,14 +274,15 @@ def _labels(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, st
     }
     # a template's own labels go under our prefix so they can never steer Knative or KServe
     # (e.g. networking.knative.dev/visibility); unprefixed keys win over prefixed ones of the same name
-    for key, value in sorted(version.template.labels.items(), key=lambda item: ("/" in item[0], item[0])):
-        name = key.rpartition("/")[2]
-        labels.setdefault(f"{config.template_label_prefix}/{name}", value)
+    if version.template.labels:
+        for key, value in sorted(version.template.labels.items(), key=lambda item: ("/" in item[0], item[0])):
+            name = key.rpartition("/")[2]
+            labels.setdefault(f"{config.template_label_prefix}/{name}", value)
     return labels
 
 
-def _env(version: ModelTemplateVersion, runtime: tuple[tuple[str, str], ...], config: RenderConfig) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in runtime]
+def _env(version: ModelTemplateVersion, config: RenderConfig) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(runtime_env(version.spec).items())]
     if version.spec.storage.cache_pvc:
         env.append({"name": "HF_HOME", "value": f"{config.model_cache_mount}/huggingface"})
     secret = version.spec.storage.hf_token_secret or config.hf_token_secret
@@ -229,14 +297,25 @@ def _resources(version: ModelTemplateVersion, config: RenderConfig) -> dict[str,
     amounts = {"cpu": res.cpu, "memory": res.memory}
     if res.gpus:
         amounts[config.gpu_resource] = str(res.gpus)
-    return {"requests": dict(amounts), "limits": dict(amounts)}
+    return {"requests": amounts, "limits": dict(amounts)}
+
+
+_last_tolerations: tuple[RenderConfig, tuple[tuple[tuple[str, Any], ...], ...]] | None = None
+
+
+def _tolerations(config: RenderConfig) -> list[dict[str, Any]]:
+    """The configuration's GPU tolerations as plain dicts (dumped once for the configuration last asked about)."""
+    global _last_tolerations
+    if _last_tolerations is None or _last_tolerations[0] is not config:
+        _last_tolerations = (config, tuple(tuple(t.model_dump(exclude_none=True).items()) for t in config.gpu_tolerations))
+    return [dict(toleration) for toleration in _last_tolerations[1]]
 
 
 def _placement(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, Any]:
     res = version.spec.resources
     if not res.gpus:
         return {}
-    placement: dict[str, Any] = {"tolerations": [t.model_dump(exclude_none=True) for t in config.gpu_tolerations]}
+    placement: dict[str, Any] = {"tolerations": _tolerations(config)}
     if res.gpu_type:
         # an unmapped type is used verbatim, for clusters that label nodes with their own names
         placement["nodeSelector"] = {config.gpu_node_selector_key: config.gpu_products.get(res.gpu_type, res.gpu_type)}

@@ -184,11 +184,16 @@ class NatsOptions(BaseSettings):
         # a TLS alert says more than the connection reset that races it
         cause = next((exc for exc in failures if isinstance(exc, ssl.SSLError)), failures[-1])
         line = f"cannot connect to NATS at {self.servers}: {_describe(cause)}"
-        if isinstance(cause, ConnectionResetError) and self.uses_tls and self.tls_cert is None:
+        if isinstance(cause, _CUT_OFF) and self.uses_tls and self.tls_cert is None:
             # With TLS 1.3 the server checks the client certificate after the client's handshake has
             # finished, so a missing certificate often shows up as a bare reset instead of an alert.
             line += " (the server may require a client certificate: set tls_cert and tls_key)"
         return line
+
+
+# How a server that wants a client certificate may end a TLS 1.3 connection: the client has
+# finished its handshake already, so it sees the connection cut off rather than an alert.
+_CUT_OFF = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, ssl.SSLEOFError)
 
 
 def _is_auth_failure(exc: Exception) -> bool:

@@ -13,6 +13,13 @@ Why read-then-replace with the live `resourceVersion`, not server-side apply:
   matches) hands us the `resourceVersion` for free;
 - it works on every API server, including ones without server-side apply (our emulator).
 
+The sink remembers the metadata and status of what it last wrote, read or listed (compact
+JSON, per object), so updating an object it wrote itself is a single PUT conditional on the
+remembered `resourceVersion`, not a GET and a PUT. If anyone changed the object since, that
+PUT answers 409 Conflict (404 if it was deleted): the sink forgets, reads the object and goes
+the usual way below, so nothing of theirs is overwritten and nothing foreign is touched. A
+write whose content hash matches what it remembers is still checked against a fresh read.
+
 Metadata that others add (labels, annotations, finalizers, owner references) and the
 status survive a replace: only the label/annotation keys modelplane wrote last time
 (recorded in the `modelplane.ai/applied-keys` annotation) are ours to change or drop.
@@ -33,6 +40,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
 import urllib3
 from kubernetes.client import ApiClient, CustomObjectsApi, V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
@@ -201,6 +209,9 @@ class KubeSink:
         self._api = CustomObjectsApi(self._client)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-sink")
         self._known: set[tuple[str, str]] = set()  # objects seen to exist (a hint only: every write is still checked)
+        # (namespace, name) → metadata and status of the object as last written, read or listed, as JSON:
+        # bytes hold nothing for the garbage collector to trace, however many objects the sink manages
+        self._remembered: dict[tuple[str, str], bytes] = {}
 
     async def _call(self, what: str, fn: Callable[..., object], *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
         """Run one client call on the pool; None for 404 when `missing_ok`, else errors become `SinkError`s."""
@@ -225,15 +236,34 @@ class KubeSink:
             f"read {namespace}/{name}", self._api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, missing_ok=True
         )
         if obj is None:
-            self._known.discard((namespace, name))
+            self._forget(namespace, name)
         else:
-            self._known.add((namespace, name))
+            self._remember(obj)
         return obj
+
+    def _remember(self, obj: Object) -> None:
+        """Note a live object; only a managed one that is not being deleted may be replaced without a fresh read."""
+        metadata = obj.get("metadata") or {}
+        key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+        self._known.add(key)
+        if not is_managed(obj) or metadata.get("deletionTimestamp"):
+            self._remembered.pop(key, None)
+            return
+        kept = {k: v for k, v in metadata.items() if k != "managedFields"}
+        self._remembered[key] = msgspec.json.encode({"metadata": kept, "status": obj["status"]} if "status" in obj else {"metadata": kept})
+
+    def _recall(self, namespace: str, name: str) -> Object | None:
+        remembered = self._remembered.get((namespace, name))
+        return None if remembered is None else msgspec.json.decode(remembered)
+
+    def _forget(self, namespace: str, name: str) -> None:
+        self._known.discard((namespace, name))
+        self._remembered.pop((namespace, name), None)
 
     async def _create(self, namespace: str, name: str, body: Object, *, exists_ok: bool = False) -> bool:
         """Create; False if it already exists and `exists_ok` (any other 409 stays a transient conflict)."""
         try:
-            await self._call(
+            created = await self._call(
                 f"create {namespace}/{name}", self._api.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body
             )
         except TransientSinkError as exc:
@@ -246,6 +276,36 @@ class KubeSink:
                 return False
             raise
         self._known.add((namespace, name))
+        if isinstance(created, dict):
+            self._remember(created)
+        return True
+
+    async def _replace(self, namespace: str, name: str, body: Object) -> None:
+        try:
+            replaced = await self._call(
+                f"replace {namespace}/{name}", self._api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body
+            )
+        except SinkError:
+            self._remembered.pop((namespace, name), None)  # whatever happened, the next write reads the object first
+            raise
+        if isinstance(replaced, dict):
+            self._remember(replaced)
+        else:
+            self._remembered.pop((namespace, name), None)
+
+    async def _replace_remembered(self, namespace: str, name: str, isvc: Object) -> bool:
+        """Replace on top of what the sink remembers writing; False when that is not the live object any more."""
+        remembered = self._recall(namespace, name)
+        wanted = content_hash_of(isvc)
+        if remembered is None or wanted is None or content_hash_of(remembered) == wanted:
+            return False  # nothing remembered, or (by what we remember) nothing to write: let a fresh read decide
+        try:
+            await self._replace(namespace, name, merge_for_replace(remembered, isvc))
+        except TransientSinkError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ApiException) and cause.status in (404, 409):
+                return False  # changed or deleted behind our back: read it and start over
+            raise
         return True
 
     async def apply(self, isvc: Object) -> ApplyAction:
@@ -262,6 +322,8 @@ class KubeSink:
         # two). Creating never overwrites: if it exists after all, read it and go the usual way.
         if (namespace, name) not in self._known and await self._create(namespace, name, body, exists_ok=True):
             return ApplyAction.CREATED
+        if await self._replace_remembered(namespace, name, isvc):
+            return ApplyAction.UPDATED
         live = await self._read(namespace, name)
         if live is None:
             await self._create(namespace, name, body)
@@ -273,8 +335,7 @@ class KubeSink:
         wanted = content_hash_of(isvc)
         if wanted is not None and content_hash_of(live) == wanted:
             return ApplyAction.UNCHANGED
-        body = merge_for_replace(live, isvc)
-        await self._call(f"replace {where}", self._api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body)
+        await self._replace(namespace, name, merge_for_replace(live, isvc))
         return ApplyAction.UPDATED
 
     async def delete(self, namespace: str, name: str) -> bool:
@@ -297,7 +358,7 @@ class KubeSink:
             body=options,
             missing_ok=True,
         )
-        self._known.discard((namespace, name))
+        self._forget(namespace, name)
         return deleted is not None
 
     async def get(self, namespace: str, name: str) -> Object | None:
@@ -343,7 +404,10 @@ class KubeSink:
             page = page or {}
             items = page.get("items") or []
             self._known.update((str(i["metadata"].get("namespace", "")), str(i["metadata"].get("name", ""))) for i in items)
-            found += [item for item in items if is_managed(item)]
+            managed = [item for item in items if is_managed(item)]
+            for item in managed:
+                self._remember(item)
+            found += managed
             token = (page.get("metadata") or {}).get("continue") or None
             if not token:
                 return found

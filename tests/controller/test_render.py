@@ -16,6 +16,7 @@ from controller.render import (
     PROGRESS_DEADLINE_ANNOTATION,
     RETENTION_ANNOTATION,
     RenderError,
+    forget_rendered_versions,
     object_hash,
     render_inference_service,
     scale_plan,
@@ -268,3 +269,43 @@ def test_golden_files_are_plain_sorted_yaml() -> None:
     document = yaml.safe_load(text)
     assert list(document) == sorted(document)
     assert document["metadata"]["name"] == "tiny-demo"
+
+
+@pytest.mark.parametrize("version", CATALOG, ids=lambda v: v.name)
+def test_remembered_versions_render_exactly_as_fresh_ones(version: ModelTemplateVersion) -> None:
+    forget_rendered_versions()
+    deployment = default_deployment(version, event_id="e1")
+    fresh = render_inference_service(version, deployment, CONFIG)
+    first = render_inference_service(version, deployment, CONFIG, version_hash=version.content_hash)  # computed, then remembered
+    assert first == fresh
+    first["spec"]["predictor"]["model"]["args"].append("--changed-by-a-caller")  # callers own what they get
+    first["metadata"]["labels"]["changed"] = "yes"
+    assert render_inference_service(version, deployment, CONFIG, version_hash=version.content_hash) == fresh  # from memory
+
+
+def test_remembered_versions_follow_the_configuration_and_the_deployment() -> None:
+    forget_rendered_versions()
+    version = by_name("gemma-7b-it")
+    vouched = version.content_hash
+    render_inference_service(version, default_deployment(version), CONFIG, version_hash=vouched)
+    other = RenderConfig.model_validate({"runtime": "another-runtime", "gpu_products": {"nvidia-l4": "L4-custom"}})
+    isvc = render_inference_service(version, default_deployment(version), other, version_hash=vouched)
+    assert isvc == render_inference_service(version, default_deployment(version), other)
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == "another-runtime"
+    assert isvc["spec"]["predictor"]["nodeSelector"] == {"nvidia.com/gpu.product": "L4-custom"}
+
+    scaled_deployment = default_deployment(version, overrides=DeploymentOverrides(max_replicas=5))
+    scaled = render_inference_service(version, scaled_deployment, other, version_hash=vouched)
+    assert scaled["spec"]["predictor"]["maxReplicas"] == 5 and content_hash_of(scaled) != content_hash_of(isvc)
+    stopped = render_inference_service(version, default_deployment(version, stopped=True), other, version_hash=vouched)
+    assert stopped["metadata"]["annotations"][STOP_ANNOTATION] == "true"
+    resumed = render_inference_service(version, default_deployment(version), other, version_hash=vouched)
+    assert STOP_ANNOTATION not in resumed["metadata"]["annotations"] and resumed == isvc
+
+
+def test_overrides_without_a_value_change_nothing() -> None:
+    """A decoded request carries every override field, most of them None: the same object as no overrides."""
+    version = by_name("gemma-7b-it")
+    unset = DeploymentOverrides.model_validate(dict.fromkeys(DeploymentOverrides.model_fields))
+    assert unset.model_fields_set
+    assert rendered(version, overrides=unset) == rendered(version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +23,9 @@ from events.codec import (
     decode,
     encode,
     nats_subject,
+    new_event_id,
 )
-from events.types import DATA_MODELS, HASH_EXTENSION, DeploymentRequested, EventKind
+from events.types import DATA_MODELS, HASH_EXTENSION, DeploymentRequested, EventKind, TemplateVersionPublished
 from tests.events.samples import sample, tiny_version
 
 SOURCE = "/tests/codec"
@@ -61,13 +63,54 @@ def test_binary_mode_puts_attributes_in_ce_headers_and_only_the_data_in_the_payl
     assert json.loads(payload) == version.to_document()
 
 
+@pytest.mark.parametrize("given", [{"event_id": "id-%-1"}, {}], ids=["given id", "new id and time"])
 @pytest.mark.parametrize("source", ["/plain", "/with space", '/"quoted"', "/100%", "/ünïcode/✓", "/tab\there"])
-def test_binary_headers_are_byte_for_byte_what_the_sdk_binding_makes(source: str) -> None:
-    headers, payload = encode(EventKind.VERSION_PUBLISHED, tiny_version(), source=source, event_id="id-%-1")
+def test_binary_headers_are_byte_for_byte_what_the_sdk_binding_makes(source: str, given: dict[str, str]) -> None:
+    headers, payload = encode(EventKind.VERSION_PUBLISHED, tiny_version(), source=source, **given)
     event = ce_http.from_binary(ce_http.HTTPMessage(headers=headers, body=payload), JSONFormat())
 
     assert event.get_source() == source
     assert {name: value for name, value in headers.items() if name != NATS_MSG_ID} == ce_http.to_binary(event, JSONFormat()).headers
+    decoded = decode(headers, payload)
+    assert (decoded.source, decoded.id, decoded.time) == (source, event.get_id(), event.get_time())
+
+
+@pytest.mark.parametrize("kind", [EventKind.DEPLOYMENT_READY, EventKind.EVENT_REJECTED], ids=lambda kind: kind.value)
+def test_a_subject_that_needs_encoding_survives(kind: EventKind) -> None:
+    data = sample(kind).model_copy(update={"template": "not a name %"} if kind is EventKind.DEPLOYMENT_READY else {"subject": "a b%"})
+    headers, payload = encode(kind, data, source=SOURCE, subject_template="odd subject %")
+
+    assert headers["ce-subject"] == "odd%20subject%20%25"
+    assert decode(headers, payload).subject == "odd subject %"
+
+
+def test_a_published_versions_hash_is_its_content_hash() -> None:
+    """The hash header is taken from the payload's bytes: it must be the content hash of every catalog version."""
+    from templates.catalog import load_catalog
+    from templates.schema import content_hash
+
+    for loaded in load_catalog():
+        version = TemplateVersionPublished.model_validate(loaded.to_document())  # nothing cached on it yet
+        headers, payload = encode(EventKind.VERSION_PUBLISHED, version, source=SOURCE)
+        assert headers[f"ce-{HASH_EXTENSION}"] == content_hash(version), loaded.name
+        assert decode(headers, payload).content_hash == content_hash(version)
+
+
+def test_event_ids_are_unique_hex_and_never_shared_with_a_forked_child() -> None:
+    ids = [new_event_id() for _ in range(1000)]  # several batches
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+    new_event_id()  # the parent holds a batch now
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        os.write(writer, new_event_id().encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    childs = os.read(reader, 64).decode()
+    os.close(reader)
+    assert len(childs) == 32 and childs != new_event_id()
 
 
 def test_structured_mode_puts_the_whole_event_in_the_payload() -> None:

@@ -16,7 +16,7 @@ import events
 from events.codec import EventDataError, encode, nats_subject
 from events.local_server import LocalNatsServer
 from events.options import NatsOptions
-from events.publisher import Publisher, PublishError
+from events.publisher import Publisher, PublishError, _acknowledgement
 from events.reader import ReceivedEvent, follow, replay, status_subjects
 from events.stream import ProvisionOutcome, StreamConfigMismatch, StreamSettings, provision_stream
 from events.types import STREAM_NAME, DeploymentRequested, EventKind
@@ -256,3 +256,21 @@ async def test_an_event_stored_by_another_stream_is_an_error(nats_options: NatsO
         publisher = Publisher(client, stream="SOMEWHERE_ELSE")
         with pytest.raises(PublishError, match=f"stored by stream {STREAM_NAME}, not SOMEWHERE_ELSE"):
             await publisher.request_deployment("tiny-demo")
+
+
+async def test_a_refusal_by_the_stream_is_a_publish_error_naming_the_reason(nats_options: NatsOptions) -> None:
+    small = StreamSettings(name="SMALL", subject_root="small", max_msg_size=4096)
+    async with nats_client(nats_options) as client:
+        await provision_stream(client.jetstream(), small)
+        publisher = Publisher(client, stream="SMALL", subject_root="small")
+        doc = version_of("big", 1).to_document()
+        doc["spec"]["generation"] = {"chat_template": "{{ messages }}" + " " * 8000}  # valid, but over the stream's 4 KiB
+        with pytest.raises(PublishError, match="JetStream refused the event on small.templates.big.template.version.published: .*size"):
+            await publisher.publish_version(doc)
+        assert (await client.jetstream().stream_info("SMALL")).state.messages == 0
+
+
+@pytest.mark.parametrize("answer", [b"", b"not json", b"[1, 2]", b'{"stream": "S"}', b'{"seq": 3}'])
+def test_an_answer_that_is_not_a_jetstream_acknowledgement_is_an_error(answer: bytes) -> None:
+    with pytest.raises(PublishError, match="not by a JetStream stream"):
+        _acknowledgement("a.subject", answer)

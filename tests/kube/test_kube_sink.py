@@ -53,7 +53,9 @@ async def test_create_unchanged_update(kube: KubernetesEmulator, sink: KubeSink)
 
     changed = isvc("a", content_hash="sha256:2", version=2)
     changed["spec"]["predictor"]["maxReplicas"] = 3
+    calls_before = kube.faults.calls.copy()
     assert await sink.apply(changed) is ApplyAction.UPDATED
+    assert kube.faults.calls - calls_before == {"PUT": 1, "total": 1}  # it remembers what it wrote: no read first
     updated = live(kube, "a")
     assert updated["spec"] == changed["spec"] and updated["metadata"]["generation"] == 2
     assert updated["metadata"]["labels"]["modelplane.ai/version"] == "2"
@@ -129,11 +131,47 @@ async def test_delete(kube: KubernetesEmulator, sink: KubeSink) -> None:
     assert await sink.get("default", "a") is None
 
 
+async def test_a_write_behind_the_sinks_back_is_read_and_kept(kube: KubernetesEmulator, sink: KubeSink) -> None:
+    await sink.apply(isvc("a", content_hash="sha256:1"))
+    other_writer = CustomObjectsApi(kube.api_client())
+    other_writer.patch_namespaced_custom_object(G, V, "default", P, "a", {"metadata": {"labels": {"touched": "yes"}}})
+    kube.set_isvc_status("default", "a", ready=True)
+
+    calls_before = kube.faults.calls.copy()
+    assert await sink.apply(isvc("a", content_hash="sha256:2")) is ApplyAction.UPDATED
+    # the remembered resourceVersion was stale: the conditional replace conflicts, then a read and a replace
+    assert kube.faults.calls - calls_before == {"PUT": 2, "GET": 1, "total": 3}
+    assert kube.faults.responses[409] == 1
+    after = live(kube, "a")
+    assert after["metadata"]["labels"]["touched"] == "yes" and after["status"]["url"] == "http://a.default.example.com"
+    assert after["metadata"]["annotations"]["modelplane.ai/content-hash"] == "sha256:2"
+
+
+async def test_an_object_deleted_behind_the_sinks_back_is_created_again(kube: KubernetesEmulator, sink: KubeSink) -> None:
+    await sink.apply(isvc("a", content_hash="sha256:1"))
+    CustomObjectsApi(kube.api_client()).delete_namespaced_custom_object(G, V, "default", P, "a")
+
+    assert await sink.apply(isvc("a", content_hash="sha256:2")) is ApplyAction.CREATED
+    assert live(kube, "a")["metadata"]["annotations"]["modelplane.ai/content-hash"] == "sha256:2"
+
+
+async def test_an_object_that_stopped_being_managed_is_not_replaced_from_memory(kube: KubernetesEmulator, sink: KubeSink) -> None:
+    await sink.apply(isvc("a", content_hash="sha256:1"))
+    patch = {"metadata": {"labels": {"app.kubernetes.io/managed-by": "someone-else"}}}
+    CustomObjectsApi(kube.api_client()).patch_namespaced_custom_object(G, V, "default", P, "a", patch)
+    before = live(kube, "a")
+
+    with pytest.raises(NotManagedError):
+        await sink.apply(isvc("a", content_hash="sha256:2"))
+    assert live(kube, "a") == before
+
+
 async def test_a_concurrent_write_between_read_and_replace_is_a_transient_conflict(
     kube: KubernetesEmulator, sink: KubeSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await sink.apply(isvc("a", content_hash="sha256:1"))
     other_writer = CustomObjectsApi(kube.api_client())
+    other_writer.patch_namespaced_custom_object(G, V, "default", P, "a", {"metadata": {"labels": {"touched": "first"}}})
     real_get = sink._api.get_namespaced_custom_object
 
     def read_then_someone_else_writes(*args: Any, **kwargs: Any) -> Any:
