@@ -265,7 +265,7 @@ async def test_a_refusal_by_the_stream_is_a_publish_error_naming_the_reason(nats
         publisher = Publisher(client, stream="SMALL", subject_root="small")
         doc = version_of("big", 1).to_document()
         doc["spec"]["generation"] = {"chat_template": "{{ messages }}" + " " * 8000}  # valid, but over the stream's 4 KiB
-        with pytest.raises(PublishError, match="JetStream refused the event on small.templates.big.template.version.published: .*size"):
+        with pytest.raises(PublishError, match=r"JetStream refused the event on small\.templates\.big\..*size"):
             await publisher.publish_version(doc)
         assert (await client.jetstream().stream_info("SMALL")).state.messages == 0
 
