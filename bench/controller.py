@@ -5,7 +5,8 @@ Against a real nats-server and the Kubernetes API emulator (over HTTPS, with the
 
 1. controller cost per event — decode + validate, reduce, render + hash, diff — measured
    in-process without I/O, rendering on every event (no coalescing credited) and every
-   version for the first time (the best of three runs; nothing memoised carries over);
+   version for the first time (the best of three runs; nothing memoised carries over), with
+   the garbage-collector settings of the controller process (controller/memory.py);
 2. the baseline: a raw `kubernetes` client create of the same pre-rendered objects;
 3. end to end: the controller as its own process (`python -m controller run --sink kube`),
    N version events across templates (+ one deployment each) published at once; latency
@@ -23,25 +24,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from kubernetes.client import CustomObjectsApi
 from nats.aio.client import Client as NatsClient
 
 from bench.common import console, percentile, print_table, write_results
 from controller.config import RenderConfig
 from controller.consumer import to_inbound
+from controller.memory import freeze_long_lived, tune_garbage_collection
 from controller.render import forget_rendered_versions, render_inference_service
 from controller.sinks.base import content_hash_of
 from controller.state import DesiredState
@@ -50,6 +47,7 @@ from events.local_server import LocalNatsServer
 from events.stream import StreamSettings, provision_stream
 from events.types import SUBJECT_ROOT, DeploymentRequested, EventKind, template_subject
 from templates.catalog import load_catalog
+from tests.fixtures.controller_process import ControllerProcess, wait_until
 from tests.k8s_emulator import INFERENCE_SERVICES, KubernetesEmulator
 from tests.k8s_emulator.store import WatchEvent
 
@@ -196,48 +194,6 @@ class CommitLog:
         self._emulator.store.unsubscribe(self._subscription)
 
 
-def spawn_controller(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "controller", "run", *args], stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-
-def wait_until(condition: Callable[[], bool], what: str, limit: float, process: subprocess.Popen[bytes] | None = None) -> float:
-    started = time.perf_counter()
-    while time.perf_counter() - started < limit:
-        if condition():
-            return time.perf_counter() - started
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the controller exited ({process.returncode}) while {what}")
-        time.sleep(0.005)
-    raise TimeoutError(f"timed out after {limit:.0f} s {what}")
-
-
-def ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 async def publish_all(url: str, events: list[Event], rate: float | None = None) -> list[float]:
     """Publish every event as fast as JetStream takes them, or `rate` per second; returns each event's publish time."""
     nc = NatsClient()
@@ -279,23 +235,31 @@ class EndToEnd:
 def end_to_end(nats: LocalNatsServer, emulator: KubernetesEmulator, events: list[Event], workdir: Path) -> EndToEnd:
     asyncio.run(provision(nats.url))
     assert emulator.kubeconfig is not None
-    port = free_port()
-    log = workdir / "controller-e2e.log"
-    process = spawn_controller(
+    controller = ControllerProcess(
         [
-            *("--sink", "kube", "--kubeconfig", str(emulator.kubeconfig), "--nats-url", nats.url, "--namespace", NAMESPACE),
-            *("--metrics-port", str(port), "--log-level", "WARNING"),
+            "--sink",
+            "kube",
+            "--kubeconfig",
+            str(emulator.kubeconfig),
+            "--nats-url",
+            nats.url,
+            "--namespace",
+            NAMESPACE,
+            "--log-level",
+            "WARNING",
         ],
-        log,
-    )
+        workdir / "controller-e2e.log",
+    ).start()
     commits = CommitLog(emulator, NAMESPACE)
     calls_before = emulator.faults.calls.copy()
     try:
-        wait_until(lambda: ready(port), "starting", 60, process)
+        controller.wait_ready(60)
         names = sorted({e.template for e in events})
         final = max(e.version or 0 for e in events)
         published = asyncio.run(publish_all(nats.url, events))
-        wait_until(lambda: commits.all_reached(names, final), "waiting for every object to reach its final version", 300, process)
+        wait_until(
+            lambda: commits.all_reached(names, final), "waiting for every object to reach its final version", 300, alive=controller.alive
+        )
         latencies = []
         for event, sent in zip(events, published, strict=True):
             seen = commits.first_at_least(event.template, event.version or 1)
@@ -306,7 +270,9 @@ def end_to_end(nats: LocalNatsServer, emulator: KubernetesEmulator, events: list
 
         steady = workload(len(names), STEADY_ROUNDS, with_deployments=False, first=final + 1)
         sent_at = asyncio.run(publish_all(nats.url, steady, rate=STEADY_RATE))
-        wait_until(lambda: commits.all_reached(names, final + STEADY_ROUNDS), "waiting for the steady-rate versions", 120, process)
+        wait_until(
+            lambda: commits.all_reached(names, final + STEADY_ROUNDS), "waiting for the steady-rate versions", 120, alive=controller.alive
+        )
         steady_latencies = [
             max(0.0, (commits.first_at_least(e.template, e.version or 1) or 0.0) - t) for e, t in zip(steady, sent_at, strict=True)
         ]
@@ -314,7 +280,7 @@ def end_to_end(nats: LocalNatsServer, emulator: KubernetesEmulator, events: list
         return EndToEnd(latencies, last - published[0], len(events), writes, steady_latencies, requests)
     finally:
         commits.close()
-        stop(process)
+        controller.stop()
 
 
 # ------------------------------------------------------------------ 4. restart
@@ -335,23 +301,16 @@ def restart(workdir: Path, templates: int, versions: int) -> tuple[float, float,
         asyncio.run(provision(nats.url))
         asyncio.run(publish_all(nats.url, events))
         common = ["--sink", "dir", "--dir", str(gitops), "--nats-url", nats.url, "--log-level", "WARNING"]
-        port = free_port()
-        first = spawn_controller([*common, "--metrics-port", str(port)], workdir / "controller-first.log")
-        try:
-            wait_until(lambda: ready(port), "rebuilding (first start)", 300, first)
-            wait_until(lambda: len(list(gitops.glob("*/*.yaml"))) >= templates, "writing the first objects", 120, first)
-        finally:
-            stop(first)
-        port = free_port()
+        with ControllerProcess(common, workdir / "controller-first.log") as first:
+            first.wait_ready(300)
+            wait_until(lambda: len(list(gitops.glob("*/*.yaml"))) >= templates, "writing the first objects", 120, alive=first.alive)
+        second = ControllerProcess(common, workdir / "controller-restart.log")
         started = time.perf_counter()
-        second = spawn_controller([*common, "--metrics-port", str(port)], workdir / "controller-restart.log")
-        try:
-            wait_until(lambda: ready(port), "rebuilding after the restart", 300, second)
+        with second.start():
+            second.wait_ready(300)
             seconds = time.perf_counter() - started
             time.sleep(1.0)  # the initial reconciliation runs right after ready: include it in the peak
             return seconds, peak_rss_mb(second.pid), len(events)
-        finally:
-            stop(second)
 
 
 # ------------------------------------------------------------------ report
@@ -360,7 +319,13 @@ def restart(workdir: Path, templates: int, versions: int) -> tuple[float, float,
 def run(templates: int, versions: int, restart_versions: int) -> dict[str, Any]:
     events = workload(templates, versions)
     console.print(f"workload: {templates} templates x {versions} versions + {templates} deployments = {len(events)} events")
-    costs = [controller_cost(events, keep_objects=(i == 0)) for i in range(3)]
+    # Measured as the controller process runs (controller/memory.py): its collector settings, and what
+    # exists when it starts consuming frozen (it freezes its rebuilt state; here there is none to rebuild).
+    tune_garbage_collection()
+    costs = []
+    for i in range(3):
+        freeze_long_lived()
+        costs.append(controller_cost(events, keep_objects=(i == 0)))
     cost = min(costs, key=lambda c: c.per_event)
     objects = costs[0].objects
     with tempfile.TemporaryDirectory(prefix="bench-controller-") as tmp, KubernetesEmulator() as emulator:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import config as k8s_config
@@ -64,7 +65,14 @@ def build_sink(config: ControllerConfig, api_client: ApiClient | None) -> Sink:
 
 
 class Controller:
-    def __init__(self, config: ControllerConfig, *, sink: Sink | None = None, api_client: ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        config: ControllerConfig,
+        *,
+        sink: Sink | None = None,
+        api_client: ApiClient | None = None,
+        after_rebuild: Callable[[], None] | None = None,  # e.g. `memory.freeze_long_lived` in the controller process
+    ) -> None:
         self.config = config
         self.metrics = ControllerMetrics()
         self.state = DesiredState(allowed_namespaces=config.allowed_namespaces, reserved_namespaces=frozenset(config.reserved_namespaces))
@@ -77,6 +85,7 @@ class Controller:
         self.publisher: NatsPublisher | None = None
         self._sink = sink
         self._api_client = api_client
+        self._after_rebuild = after_rebuild
         self._stop = asyncio.Event()
         self._term: asyncio.Event | None = None  # set when the current leadership term ends
         self._started = asyncio.Event()
@@ -117,6 +126,8 @@ class Controller:
             self.reconciler = Reconciler(self.state, sink, self.config.render, self.publisher, self.metrics, sink_name=self.config.sink)
             self.consumer = EventConsumer(js, self.config, self.state, self.reconciler, self.publisher, self.metrics)
             await self.consumer.rebuild()
+            if self._after_rebuild is not None:
+                self._after_rebuild()
             self.rebuilt = True
             if self.config.leader_election:
                 await self._elect()

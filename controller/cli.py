@@ -120,8 +120,10 @@ def run(
 
 async def _run(config: ControllerConfig) -> None:
     from controller.app import Controller
+    from controller.memory import freeze_long_lived, tune_garbage_collection
 
-    controller = Controller(config)
+    tune_garbage_collection()
+    controller = Controller(config, after_rebuild=freeze_long_lived)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.stop)

@@ -6,6 +6,7 @@ launcher parses the same arguments, so this module is the one place the mapping 
 
 from __future__ import annotations
 
+import functools
 import json
 
 from templates.schema import VersionSpec
@@ -68,7 +69,11 @@ def runtime_env(spec: VersionSpec) -> dict[str, str]:
         ENV_MAX_CONCURRENCY: str(spec.scaling.target_concurrency * CONCURRENCY_HEADROOM),
     }
     if spec.task == "generate":
-        env[ENV_GENERATION_DEFAULTS] = json.dumps(
-            spec.generation.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
-        )
+        env[ENV_GENERATION_DEFAULTS] = _generation_defaults_json(spec.generation.model_dump_json(exclude_none=True))
     return env
+
+
+@functools.lru_cache(maxsize=1024)  # templates share a few sets of defaults; every render needs them
+def _generation_defaults_json(document: str) -> str:
+    """Canonical JSON (sorted keys, compact) of the generation defaults, for the runtime's environment."""
+    return json.dumps(json.loads(document), sort_keys=True, separators=(",", ":"))

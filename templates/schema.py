@@ -7,6 +7,7 @@ document is refused with the same field-named error wherever it enters.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from functools import cached_property
@@ -30,6 +31,7 @@ ALWAYS_HOT_PRIORITY = 2
 
 # Kubernetes resource quantities, e.g. "4", "500m", "24Gi", "1.5".
 QUANTITY_RE = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_WHITESPACE_OR_NUL = re.compile(r"[\s\x00]")
 DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -168,6 +170,7 @@ def _check_quantity(value: str | int | float | None) -> str | None:
     return text
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of distinct values, asked on every render
 def duration_seconds(value: str) -> int:
     """Seconds in a duration such as '10m', '1h30m', '45s' (validated forms only)."""
     match = DURATION_RE.match(value)
@@ -363,7 +366,7 @@ class VersionSpec(_Strict):
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        if any(c.isspace() for c in v) or "\x00" in v:
+        if _WHITESPACE_OR_NUL.search(v):
             raise ValueError("source may not contain whitespace")
         if "://" in v:
             scheme, rest = v.split("://", 1)
