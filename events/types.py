@@ -224,12 +224,7 @@ DATA_MODELS: dict[EventKind, type[BaseModel]] = {
 }
 
 InboundData = (
-    TemplateVersionPublished
-    | TemplateVersionDeleted
-    | DeploymentRequested
-    | DeploymentDeleted
-    | DeploymentStopped
-    | DeploymentResumed
+    TemplateVersionPublished | TemplateVersionDeleted | DeploymentRequested | DeploymentDeleted | DeploymentStopped | DeploymentResumed
 )
 
 

@@ -18,8 +18,16 @@ json_values = st.recursive(
 FIELDS = {
     "template": ["name", "description", "labels"],
     "spec": [
-        "source", "served_model_name", "task", "model_size_gb", "engine",
-        "generation", "resources", "parallelism", "scaling", "storage",
+        "source",
+        "served_model_name",
+        "task",
+        "model_size_gb",
+        "engine",
+        "generation",
+        "resources",
+        "parallelism",
+        "scaling",
+        "storage",
     ],
 }
 
