@@ -34,7 +34,7 @@ from controller.sinks.base import (
 from controller.state import Deployment
 from events.types import DeploymentOverrides
 from runtimes.engine_args import engine_cli_args, runtime_env
-from templates.schema import ModelTemplateVersion, Scaling, duration_seconds, errors_from
+from templates.schema import ModelTemplateVersion, Scaling, errors_from
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
@@ -141,8 +141,7 @@ def render_inference_service(
         # one pod loads the model at creation, so a broken model fails now rather than on the first user request
         annotations[INITIAL_SCALE_ANNOTATION] = str(max(1, plan.min_replicas))
         if plan.scale_to_zero:
-            own = scaling is version.spec.scaling
-            annotations[RETENTION_ANNOTATION] = parts["keepHot"] if own else f"{_duration_seconds(scaling.keep_hot)}s"
+            annotations[RETENTION_ANNOTATION] = f"{scaling.keep_hot_seconds}s"
     if deployment.stopped:
         annotations[STOP_ANNOTATION] = "true"
 
@@ -257,12 +256,7 @@ def _compute_parts(version: ModelTemplateVersion, version_hash: str, config: Ren
         annotations[DEPLOYMENT_MODE_ANNOTATION] = SERVERLESS
         deadline = config.cold_start.deadline_seconds(spec.model_size_gb, local_source=local)
         annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
-        parts["keepHot"] = f"{_duration_seconds(spec.scaling.keep_hot)}s"
     return parts
-
-
-# durations come in a handful of spellings ("10m", "30m", "1h"): parse each once
-_duration_seconds = lru_cache(maxsize=256)(duration_seconds)
 
 
 def _labels(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, str]:
