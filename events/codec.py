@@ -238,21 +238,7 @@ def encode(
     names. The version's content hash (or a status event's) goes into `modelplanehash`.
     Raises `EventDataError` for invalid data, id, source or time.
     """
-    model = validate_data(kind, data)
-    return encode_validated(kind, model, source=source, subject_template=subject_template, event_id=event_id, mode=mode, time=time)
-
-
-def encode_validated(
-    kind: EventKind,
-    model: BaseModel,
-    *,
-    source: str,
-    subject_template: str | None = None,
-    event_id: str | None = None,
-    mode: Mode = "binary",
-    time: datetime | None = None,
-) -> tuple[dict[str, str], bytes]:
-    """`encode` of data that `validate_data(kind, ...)` returned: the publisher validates once, not twice."""
+    model = validate_data(kind, data)  # an instance of the kind's model passes through: the publisher validates once
     if event_id is None:
         event_id = new_event_id()
         _check_source(kind, source)
@@ -618,7 +604,6 @@ __all__ = [
     "Mode",
     "decode",
     "encode",
-    "encode_validated",
     "nats_subject",
     "new_event_id",
     "subject_for",

@@ -28,7 +28,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import APIError
 from pydantic import BaseModel
 
-from events.codec import NATS_MSG_ID, Mode, encode_validated, subject_for, template_of, validate_data
+from events.codec import NATS_MSG_ID, Mode, encode, subject_for, template_of, validate_data
 from events.options import NatsOptions
 from events.types import (
     SOURCE_DEFAULT,
@@ -96,7 +96,7 @@ class Publisher:
         model = validate_data(kind, data)
         template = template_of(kind, model)
         subject = subject_for(kind, template, self.subject_root)
-        headers, payload = encode_validated(kind, model, source=self.source, subject_template=template, event_id=event_id, mode=self.mode)
+        headers, payload = encode(kind, model, source=self.source, subject_template=template, event_id=event_id, mode=self.mode)
         try:
             reply = await self.client.request(subject, payload, timeout=self.ack_timeout, headers=headers)
         except nats.errors.NoRespondersError:
