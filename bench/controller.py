@@ -123,7 +123,7 @@ def controller_cost(events: list[Event], keep_objects: bool = False) -> Cost:
         for deployment in state.deployments_of(reduction.template):
             version = state.version_for(deployment)
             if version is not None:
-                rendered.append(render_inference_service(version, deployment, config, version_hash=state.version_hash(version)))
+                rendered.append(render_inference_service(version, deployment, config))
         t3 = clock()
         for obj in rendered:
             key = (obj["metadata"]["namespace"], obj["metadata"]["name"])

@@ -10,7 +10,11 @@ the HTTP process's CPU time per request and the gate's own cost measured in-proc
 per request, independent of scheduling) are reported alongside.
 Our runtime runs with a template's defaults set (stop sequence and max_tokens added to each
 body, concurrency limit above the load), so its per-request work is all on the measured path.
-Results: bench/results/runtime.json (`throughput_ratio`, `ttft_p50_added_ms`, `cold_start_ratio`).
+Tokens are counted from each stream's `usage`, the same request body goes to both servers.
+Results: bench/results/runtime.json (`throughput_ratio`, `ttft_p50_added_ms`, `cold_start_ratio`), with
+a 95 % bootstrap interval for the two load figures (resampling block pairs) and a conclusion per
+target (`met`/`missed` only when the whole interval lies on one side of it, else `inconclusive`),
+and every block pair's raw figures so that any other statistic can be recomputed from the file.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import argparse
 import asyncio
 import itertools
 import json
+import random
 import signal
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import console, percentile, print_table, write_results
 from runtimes.defaults import RequestDefaults
-from runtimes.gate import RuntimeGate
+from runtimes.gate import Receive, RuntimeGate, Scope, Send
 from runtimes.local import TINY_ENGINE_ARGS, LocalServer, free_port, plain_vllm_command, runtime_command
 from runtimes.metrics import RuntimeMetrics
 from runtimes.tiny_model import build_tiny_model
@@ -52,6 +58,7 @@ RUNTIME_ENV = {
 }
 TARGETS = {"throughput_ratio": 0.97, "ttft_p50_added_ms": 5.0, "cold_start_ratio": 1.10}
 READY_TIMEOUT = 600.0
+BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass
@@ -68,6 +75,9 @@ class Block:
     api_cpu_ms: float  # CPU time of the HTTP server process (ours: vLLM's app + our layer) per request
 
 
+Pair = tuple[Block, Block]  # (plain, runtime), measured back to back
+
+
 @dataclass
 class Variant:
     """One server kind: its cold starts and the load blocks measured on it."""
@@ -80,18 +90,28 @@ class Variant:
 
 
 async def stream_completion(client: httpx.AsyncClient, prompt: str) -> RequestTiming:
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": OUTPUT_TOKENS, "temperature": 0.0, "stream": True, "ignore_eos": True}
+    body = {
+        "model": MODEL, "prompt": prompt, "max_tokens": OUTPUT_TOKENS, "temperature": 0.0, "stream": True, "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }  # fmt: skip
     started = time.perf_counter()
     arrivals: list[float] = []
+    tokens = 0
     async with client.stream("POST", "/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:])["choices"]:
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk["choices"]:
                 arrivals.append(time.perf_counter())
-    if not arrivals:
-        raise RuntimeError("the stream produced no chunk")
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    if not arrivals or not tokens:
+        raise RuntimeError("the stream produced no chunk or no usage")
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    return RequestTiming(ttft=arrivals[0] - started, itl=statistics.fmean(gaps) if gaps else 0.0, tokens=len(arrivals))
+    # tokens from the server's usage, not the chunk count: a stop sequence may hold text back and merge chunks
+    return RequestTiming(ttft=arrivals[0] - started, itl=statistics.fmean(gaps) if gaps else 0.0, tokens=tokens)
 
 
 async def run_load(base_url: str, requests: int, concurrency: int) -> tuple[list[RequestTiming], float]:
@@ -159,17 +179,19 @@ def summarise(variant: Variant) -> dict[str, Any]:
         "cold_start_best_s": min(variant.first_token_s),
         "cold_start_median_s": statistics.median(variant.first_token_s),
         "cold_starts": len(variant.first_token_s),
+        "ready_samples_s": variant.ready_s,
+        "cold_start_samples_s": variant.first_token_s,
         "load_blocks": len(variant.blocks),
     }
 
 
-def run_round(round_index: int, variants: dict[str, Variant], model_dir: Path, logs: Path, pairs: int) -> list[tuple[Block, Block]]:
+def run_round(round_index: int, variants: dict[str, Variant], model_dir: Path, logs: Path, pairs: int) -> list[Pair]:
     """Start both servers (order alternating by round), then `pairs` pairs of load blocks, one on each
     server back to back (order alternating by pair): whatever else runs on the machine weighs on both
     members of a pair alike. Returns (plain, runtime) block pairs."""
     order = ("plain", "runtime") if round_index % 2 == 0 else ("runtime", "plain")
     servers: dict[str, LocalServer] = {}
-    measured: list[tuple[Block, Block]] = []
+    measured: list[Pair] = []
     try:
         for name in order:
             servers[name] = start(variants[name], model_dir, logs)
@@ -201,7 +223,7 @@ TABLE_ROWS = (
 class _StandInApp:
     """Reads the body and answers 200, like the cheapest possible vLLM route."""
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         while (await receive()).get("more_body"):
             pass
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
@@ -244,6 +266,32 @@ def ratio(ours: dict[str, Any], plain: dict[str, Any], key: str) -> float:
     return float(ours[key]) / float(plain[key])
 
 
+def headline(pairs: Sequence[Pair]) -> dict[str, float]:
+    """The two load figures of the results: ratio of the median block throughputs, difference of the
+    median block TTFT p50s, as the docstring and runtimes/README.md announce them (the bootstrap recomputes exactly these)."""
+    return {
+        "throughput_ratio": statistics.median(ours.throughput for _, ours in pairs)
+        / statistics.median(plain.throughput for plain, _ in pairs),
+        "ttft_p50_added_ms": statistics.median(ours.ttft_p50_ms for _, ours in pairs)
+        - statistics.median(plain.ttft_p50_ms for plain, _ in pairs),
+    }
+
+
+def bootstrap_ci(pairs: Sequence[Pair], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % percentile-bootstrap intervals of `headline`, resampling whole pairs (seeded: reproducible)."""
+    rng = random.Random(seed)
+    samples = [headline(rng.choices(pairs, k=len(pairs))) for _ in range(resamples)]
+    return {key: (percentile([s[key] for s in samples], 2.5), percentile([s[key] for s in samples], 97.5)) for key in samples[0]}
+
+
+def verdict(interval: tuple[float, float], target: float, *, at_least: bool) -> str:
+    """`met` or `missed` only when the whole interval lies on one side of the target."""
+    low, high = interval
+    if at_least:
+        return "met" if low >= target else "missed" if high < target else "inconclusive"
+    return "met" if high <= target else "missed" if low > target else "inconclusive"
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
@@ -257,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="modelplane-bench-") as work:
         model_dir = build_tiny_model(Path(work) / "tiny")
         variants = {"plain": Variant("plain"), "runtime": Variant("runtime")}
-        pairs: list[tuple[Block, Block]] = []
+        pairs: list[Pair] = []
         for round_index in range(options.rounds):
             console.print(f"round {round_index + 1}/{options.rounds}")
             pairs += run_round(round_index, variants, model_dir, Path(work) / "logs", options.pairs)
@@ -265,11 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     # Blocks on this kind of machine are bimodal (engine, HTTP server and client share few cores):
     # per-block medians over many blocks compare the servers; a start can only be slowed down by other
     # work, so cold starts compare the fastest. The layer's own cost is measured in-process as well.
+    # The bootstrap intervals say whether the run can tell the target apart from the noise at all.
     layer = layer_cost_us()
-    results = {
-        "throughput_ratio": ratio(ours, plain, "throughput_median_tokens_per_s"),
-        "ttft_p50_added_ms": ours["ttft_p50_median_block_ms"] - plain["ttft_p50_median_block_ms"],
-        "cold_start_ratio": ratio(ours, plain, "cold_start_best_s"),
+    results = headline(pairs) | {"cold_start_ratio": ratio(ours, plain, "cold_start_best_s")}
+    intervals = bootstrap_ci(pairs)
+    conclusions = {
+        "throughput_ratio": verdict(intervals["throughput_ratio"], TARGETS["throughput_ratio"], at_least=True),
+        "ttft_p50_added_ms": verdict(intervals["ttft_p50_added_ms"], TARGETS["ttft_p50_added_ms"], at_least=False),
     }
     diagnostics = {
         "layer_added_us_per_request": layer["gate"] - layer["direct"],
@@ -291,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         ["metric", "plain vLLM", "runtime", "ratio"],
         rows,
     )
-    verdict = ", ".join(f"{k} {results[k]:.3f} ({'ok' if passed[k] else 'MISSED'}, target {TARGETS[k]})" for k in results)
-    console.print(verdict)
+    console.print(", ".join(f"{k} {results[k]:.3f} ({'ok' if passed[k] else 'MISSED'}, target {TARGETS[k]})" for k in results))
+    for key, (low, high) in intervals.items():
+        console.print(f"  {key}: 95 % interval {low:.3f} .. {high:.3f} over {len(pairs)} block pairs -> target {conclusions[key]}")
     console.print("diagnostics: " + ", ".join(f"{k} {v:.3f}" for k, v in diagnostics.items()))
     console.print(f"layer cost in-process: {layer['direct']:.1f} µs per request without the gate, {layer['gate']:.1f} µs with it")
     path = write_results(
@@ -301,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         | {
             "targets": TARGETS,
             "passed": passed,
+            "ci95": {key: list(interval) for key, interval in intervals.items()},
+            "conclusion": conclusions,
+            "pairs": [{"plain": asdict(a), "runtime": asdict(b)} for a, b in pairs],
             "diagnostics": diagnostics,
             "layer_cost_us": layer,
             "plain": plain,

@@ -8,6 +8,7 @@ e.g. `MODELPLANE_RENDER__RUNTIME=my-runtime`; dict/list fields take JSON.
 
 from __future__ import annotations
 
+import functools
 import socket
 from pathlib import Path
 from typing import Literal
@@ -65,6 +66,7 @@ class ColdStart(BaseModel):
             raise ValueError(f"floor_s ({self.floor_s}) exceeds cap_s ({self.cap_s})")
         return self
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - configurations live as long as the process; asked on every render
     def deadline_seconds(self, model_size_gb: float | None, local_source: bool = False) -> int:
         size = model_size_gb if model_size_gb is not None else self.default_model_size_gb
         download = 0.0 if local_source else size / self.download_gb_per_s

@@ -83,9 +83,7 @@ def to_inbound(subject: str, headers: Mapping[str, str] | None, payload: bytes, 
     template = template_of_subject(subject, root)
     if template is None or subject != template_subject(template, kind, root):
         raise InvalidEvent(f"{kind.ce_type} does not belong on subject {subject!r}", decoded.id, kind.ce_type)
-    return InboundEvent(
-        kind=kind, data=decoded.data, event_id=decoded.id, sequence=sequence, subject_template=template, content_hash=decoded.content_hash
-    )
+    return InboundEvent(kind=kind, data=decoded.data, event_id=decoded.id, sequence=sequence, subject_template=template)
 
 
 class EventConsumer:

@@ -29,6 +29,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from events.local_server import LocalNatsServer
+from events.options import NatsOptions
 from events.publisher import Publisher
 from templates.catalog import load_catalog
 
@@ -84,9 +85,7 @@ async def _publish_catalog(url: str) -> int:
     return len(versions)
 
 
-def _nats_options(url: str) -> Any:
-    from events.options import NatsOptions
-
+def _nats_options(url: str) -> NatsOptions:
     return NatsOptions(url=url)
 
 
@@ -115,10 +114,9 @@ def _table(objects: list[dict[str, Any]]) -> Table:
     for obj in objects:
         meta, predictor = obj["metadata"], obj["spec"]["predictor"]
         model = predictor["model"]
+        # GPUs per pod x pods (a multi-node service runs one pod per pipeline stage)
         gpus = int(model.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
-        workers = predictor.get("workerSpec")
-        if workers:
-            gpus += int(workers.get("pipelineParallelSize", 1) - 1) * gpus
+        gpus *= int(predictor.get("workerSpec", {}).get("pipelineParallelSize", 1))
         served = next((a.split("=", 1)[1] for a in model.get("args", []) if a.startswith("--served-model-name=")), "?")
         table.add_row(
             f"{meta['namespace']}/{meta['name']}",

@@ -142,7 +142,7 @@ class Reconciler:
             if version is None:
                 continue  # pinned to a deleted version, or no version left: nothing to serve
             try:
-                rendered = render_inference_service(version, deployment, self.render_config, version_hash=self.state.version_hash(version))
+                rendered = render_inference_service(version, deployment, self.render_config)
                 desired[deployment.key] = (deployment, version, rendered)
             except RenderError as exc:
                 result.failures[deployment.key] = str(exc)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from pydantic import ValidationError
@@ -31,7 +30,7 @@ from controller.sinks.base import (
     VERSION_LABEL,
     Object,
 )
-from controller.state import Deployment
+from controller.state import NO_OVERRIDES, Deployment
 from events.types import DeploymentOverrides
 from runtimes.engine_args import engine_cli_args, runtime_env
 from templates.schema import ModelTemplateVersion, Scaling, errors_from
@@ -59,8 +58,7 @@ class RenderError(ValueError):
     """A deployment cannot be rendered as requested (e.g. its overrides no longer fit a newer version)."""
 
 
-@dataclass(frozen=True)
-class ScalePlan:
+class ScalePlan(NamedTuple):
     """How a rendered service scales, and why, for the `deployment.applied` status event."""
 
     min_replicas: int
@@ -75,8 +73,7 @@ class ScalePlan:
 
 def effective_scaling(version: ModelTemplateVersion, deployment: Deployment) -> Scaling:
     overrides = deployment.overrides
-    # A decoded request carries every override field, most of them None: only a value overrides anything.
-    if not overrides.model_fields_set or all(value is None for value in overrides.__dict__.values()):
+    if overrides is NO_OVERRIDES or overrides.is_empty:
         return version.spec.scaling
     try:
         return _overridden(version.spec.scaling, overrides)
@@ -116,18 +113,11 @@ def scale_plan(version: ModelTemplateVersion, deployment: Deployment, scaling: S
     return ScalePlan(scaling.min_replicas, scaling.max_replicas, multinode=False, note=note)
 
 
-def render_inference_service(
-    version: ModelTemplateVersion, deployment: Deployment, config: RenderConfig, *, version_hash: str | None = None
-) -> Object:
-    """The InferenceService for a deployment of a version, with its content hash annotated.
-
-    `version_hash` is the version's content hash when the caller already knows it (it costs a
-    canonical JSON dump to compute); with it, what the version alone decides is computed once
-    per version and configuration, not once per render.
-    """
+def render_inference_service(version: ModelTemplateVersion, deployment: Deployment, config: RenderConfig) -> Object:
+    """The InferenceService for a deployment of a version, with its content hash annotated."""
     scaling = effective_scaling(version, deployment)
     plan = scale_plan(version, deployment, scaling)
-    parts = _version_parts(version, version_hash, config)  # fresh containers, ours to fill in
+    parts = _parts_cache.parts(version, config)  # fresh containers, ours to fill in
 
     predictor: dict[str, Any] = {"model": parts["model"], "minReplicas": plan.min_replicas, "maxReplicas": plan.max_replicas}
     predictor.update(parts["placement"])
@@ -181,30 +171,38 @@ def _canonical_hash(obj: Object) -> str:
 
 
 class _PartsCache:
-    """(template, version, version hash) → the version's parts as JSON, under one configuration at a time.
+    """(template, version, content hash) → the version's parts as JSON, under one configuration at a time.
 
-    A controller renders with one configuration; another one (compared by identity) starts the cache over.
+    A version is admitted on its second render: most versions are rendered once (the deployments
+    that follow the latest version move on with the next one), and encoding parts no render will
+    read again costs a tenth of computing them. A controller renders with one configuration;
+    another one (compared by identity) starts the cache over.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.config: RenderConfig | None = None
-        self.entries: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
+        self.entries: OrderedDict[tuple[str, int, str], bytes | None] = OrderedDict()  # None: rendered once
 
-    def parts(self, version: ModelTemplateVersion, version_hash: str, config: RenderConfig) -> dict[str, Any]:
+    def parts(self, version: ModelTemplateVersion, config: RenderConfig) -> dict[str, Any]:
         if config is not self.config:
             self.entries.clear()
             self.config = config
+        version_hash = version.content_hash  # computed once per version object (decoding computes it anyway)
         key = (version.name, version.version, version_hash)
-        cached = self.entries.get(key)
-        if cached is not None:
-            self.entries.move_to_end(key)
-            parts: dict[str, Any] = _PARTS_DECODER.decode(cached)
+        if key not in self.entries:
+            parts = _compute_parts(version, version_hash, config)
+            self.entries[key] = None
+            if len(self.entries) > self.size:
+                self.entries.popitem(last=False)
             return parts
+        self.entries.move_to_end(key)
+        cached = self.entries[key]
+        if cached is not None:
+            remembered: dict[str, Any] = _PARTS_DECODER.decode(cached)
+            return remembered
         parts = _compute_parts(version, version_hash, config)
         self.entries[key] = msgspec.json.encode(parts)
-        if len(self.entries) > self.size:
-            self.entries.popitem(last=False)
         return parts
 
     def clear(self) -> None:
@@ -219,13 +217,6 @@ _parts_cache = _PartsCache(_PARTS_CACHE_SIZE)
 def forget_rendered_versions() -> None:
     """Drop what renders remember of versions: the next render of each computes its parts afresh (benchmarks)."""
     _parts_cache.clear()
-
-
-def _version_parts(version: ModelTemplateVersion, version_hash: str | None, config: RenderConfig) -> dict[str, Any]:
-    """The version's parts in fresh containers, memoised when the caller vouches for the version's hash."""
-    if not version_hash:
-        return _compute_parts(version, version.content_hash, config)
-    return _parts_cache.parts(version, version_hash, config)
 
 
 def _compute_parts(version: ModelTemplateVersion, version_hash: str, config: RenderConfig) -> dict[str, Any]:

@@ -19,10 +19,12 @@ may be handled concurrently.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -43,6 +45,7 @@ from templates.schema import ModelTemplateVersion, errors_from
 DEFAULT_RESERVED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "modelplane-system")
 
 DeploymentKey = tuple[str, str]  # (namespace, name)
+NO_OVERRIDES = DeploymentOverrides()  # what every deployment without overrides shares: renders check for it first
 
 
 class Rejected(Exception):
@@ -61,7 +64,7 @@ class Deployment:
     namespace: str
     name: str
     version: int | None  # None: follow the template's latest version
-    overrides: DeploymentOverrides = field(default_factory=DeploymentOverrides)
+    overrides: DeploymentOverrides = NO_OVERRIDES
     stopped: bool = False
     sequence: int = 0  # stream sequence of the event that last changed it
     event_id: str = ""
@@ -75,8 +78,7 @@ class Deployment:
         return self.version is None
 
 
-@dataclass(frozen=True)
-class InboundEvent:
+class InboundEvent(NamedTuple):  # records made per event are tuples: a frozen dataclass costs several times more to build
     """What the reducer needs of a decoded, validated inbound event."""
 
     kind: EventKind
@@ -84,7 +86,6 @@ class InboundEvent:
     event_id: str
     sequence: int
     subject_template: str | None = None  # the template token of the subject it arrived on
-    content_hash: str | None = None  # a published version's hash, when the decoder already computed it
 
 
 class Change(enum.Enum):
@@ -95,8 +96,7 @@ class Change(enum.Enum):
     ALREADY_APPLIED = "already_applied"  # a redelivery: its sequence is at or below the high-water mark
 
 
-@dataclass(frozen=True)
-class Reduction:
+class Reduction(NamedTuple):
     template: str
     change: Change
     deployment: DeploymentKey | None = None  # the deployment a deployment.* event addressed
@@ -115,13 +115,12 @@ class DesiredState:
     # sequence → reason for rejected events not yet acknowledged: a redelivery of one is rejected again
     rejections: dict[int, str] = field(default_factory=dict)
     _deleted_versions: dict[str, set[int]] = field(default_factory=dict)
-    _version_hashes: dict[tuple[str, int], str] = field(default_factory=dict)
-    _by_template: dict[str, set[DeploymentKey]] = field(default_factory=dict)
+    _by_template: dict[str, list[DeploymentKey]] = field(default_factory=dict)  # sorted: the order renders run in
 
     # ------------------------------------------------------------------ queries
 
     def deployments_of(self, template: str) -> list[Deployment]:
-        return [self.deployments[key] for key in sorted(self._by_template.get(template, ()))]
+        return [self.deployments[key] for key in self._by_template.get(template, ())]
 
     def templates(self) -> list[str]:
         return sorted(set(self.versions.names()) | {t for t, keys in self._by_template.items() if keys})
@@ -129,14 +128,6 @@ class DesiredState:
     def version_for(self, deployment: Deployment) -> ModelTemplateVersion | None:
         """The version a deployment serves now: its pin, or the latest; None when there is none."""
         return self.versions.get(deployment.template, deployment.version)
-
-    def version_hash(self, version: ModelTemplateVersion) -> str:
-        """The content hash of a known version, computed once."""
-        key = (version.name, version.version)
-        cached = self._version_hashes.get(key)
-        if cached is None:
-            cached = self._version_hashes[key] = version.content_hash
-        return cached
 
     # ---------------------------------------------------------------- reducer
 
@@ -171,7 +162,7 @@ class DesiredState:
     def _reduce(self, event: InboundEvent, template: str) -> Reduction:
         data = event.data
         if isinstance(data, TemplateVersionPublished):
-            return self._publish(data, event.content_hash)
+            return self._publish(data)
         if isinstance(data, TemplateVersionDeleted):
             return self._delete_version(data)
         if isinstance(data, DeploymentRequested):
@@ -182,7 +173,7 @@ class DesiredState:
             return self._set_stopped(data, event, stopped=isinstance(data, DeploymentStopped))
         raise Rejected(f"{event.kind.ce_type} is not an inbound event type")  # pragma: no cover - decode forbids it
 
-    def _publish(self, version: TemplateVersionPublished, content_hash: str | None) -> Reduction:
+    def _publish(self, version: TemplateVersionPublished) -> Reduction:
         if version.version in self._deleted_versions.get(version.name, ()):
             raise Rejected(
                 f"{version.ref} was deleted and versions are immutable: publish version {self._next_number(version.name)} instead"
@@ -193,8 +184,6 @@ class DesiredState:
             raise Rejected(str(exc)) from None
         if outcome is AddOutcome.IDENTICAL:
             return Reduction(version.name, Change.UNCHANGED)
-        if content_hash is not None:
-            self._version_hashes[(version.name, version.version)] = content_hash
         return Reduction(version.name, Change.CHANGED)
 
     def _next_number(self, template: str) -> int:
@@ -203,7 +192,6 @@ class DesiredState:
 
     def _delete_version(self, data: TemplateVersionDeleted) -> Reduction:
         removed = self.versions.remove(data.template, data.version)
-        self._version_hashes.pop((data.template, data.version), None)
         self._deleted_versions.setdefault(data.template, set()).add(data.version)
         return Reduction(data.template, Change.CHANGED if removed is not None else Change.UNCHANGED)
 
@@ -231,7 +219,7 @@ class DesiredState:
             namespace=data.namespace,
             name=data.deployment_name,
             version=data.version,
-            overrides=data.overrides,
+            overrides=NO_OVERRIDES if data.overrides.is_empty else data.overrides,
             stopped=existing.stopped if existing is not None else False,  # stop/resume are explicit
             sequence=event.sequence,
             event_id=event.event_id,
@@ -249,7 +237,7 @@ class DesiredState:
         if existing is None:
             return Reduction(data.template, Change.UNCHANGED, key)
         self.deployments.pop(key)
-        self._by_template[existing.template].discard(key)
+        self._by_template[existing.template].remove(key)
         return Reduction(data.template, Change.CHANGED, key)
 
     def _set_stopped(self, data: DeploymentStopped | DeploymentResumed, event: InboundEvent, *, stopped: bool) -> Reduction:
@@ -263,8 +251,11 @@ class DesiredState:
         return Reduction(data.template, Change.CHANGED, key)
 
     def _put(self, deployment: Deployment) -> None:
-        self.deployments[deployment.key] = deployment
-        self._by_template.setdefault(deployment.template, set()).add(deployment.key)
+        key = deployment.key
+        if self.deployments.setdefault(key, deployment) is not deployment:
+            self.deployments[key] = deployment
+        else:
+            bisect.insort(self._by_template.setdefault(deployment.template, []), key)
 
 
 def _same_request(a: Deployment, b: Deployment) -> bool:

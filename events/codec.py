@@ -23,10 +23,9 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 from urllib.parse import quote, unquote
 
 from cloudevents.core.base import BaseCloudEvent
@@ -107,8 +106,7 @@ class EventDataError(ValueError):
         super().__init__(f"invalid {kind.value} event: {details}")
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedEvent:
+class DecodedEvent(NamedTuple):  # one per consumed message: a tuple is the cheapest immutable record to build
     """A validated modelplane CloudEvent."""
 
     id: str

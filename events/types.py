@@ -16,8 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from templates.naming import is_dns1123_label
-from templates.schema import DURATION_RE, ModelTemplateVersion, Scaling
+from templates.schema import DURATION_RE, DnsLabel, ModelTemplateVersion, Scaling, check_dns_label
 
 TYPE_PREFIX = "ai.modelplane."
 SUBJECT_ROOT = "modelplane"
@@ -25,13 +24,6 @@ STREAM_NAME = "MODELPLANE"
 SOURCE_DEFAULT = "/modelplane/cli"
 HASH_EXTENSION = "modelplanehash"  # CloudEvents extension names: lower-case alphanumerics only
 
-DnsLabel = Annotated[str, StringConstraints(min_length=1, max_length=63)]
-
-
-def _dns(v: str, what: str) -> str:
-    if not is_dns1123_label(v):
-        raise ValueError(f"{what} {v!r} is not a valid Kubernetes name (DNS-1123 label)")
-    return v
 
 
 class EventKind(enum.StrEnum):
@@ -100,7 +92,7 @@ class TemplateVersionDeleted(_Data):
     @field_validator("template")
     @classmethod
     def _t(cls, v: str) -> str:
-        return _dns(v, "template")
+        return check_dns_label(v, "template")
 
     @property
     def template_name(self) -> str:
@@ -116,6 +108,11 @@ class DeploymentOverrides(_Data):
     keep_hot: Annotated[str, StringConstraints(pattern=DURATION_RE.pattern, min_length=2)] | None = None
     priority: int | None = Field(default=None, ge=0, le=10)
 
+    @property
+    def is_empty(self) -> bool:
+        """No field has a value (a decoded request carries every field, most of them None)."""
+        return all(value is None for value in self.__dict__.values())
+
     def apply_to(self, scaling: Scaling) -> Scaling:
         """The template's scaling with these overrides; re-validated (min ≤ max etc.)."""
         merged = scaling.model_dump() | self.model_dump(exclude_none=True)
@@ -130,7 +127,7 @@ class _DeploymentRef(_Data):
     @field_validator("template", "namespace", "name")
     @classmethod
     def _names(cls, v: str | None) -> str | None:
-        return None if v is None else _dns(v, "name")
+        return None if v is None else check_dns_label(v, "name")
 
     @property
     def template_name(self) -> str:

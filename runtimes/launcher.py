@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -104,6 +105,10 @@ def cpu_kv_cache_env(vllm_argv: Sequence[str], env: Mapping[str, str], on_gpu: b
     return {ENV_CPU_KV_CACHE: CPU_KV_CACHE_GIB}
 
 
+def _interrupt_start(*_: object) -> None:
+    raise KeyboardInterrupt("SIGTERM while starting")
+
+
 def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
     started_at = _process_started_at()
     settings = RuntimeSettings.from_env(os.environ)
@@ -121,12 +126,15 @@ def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
         plan.topology.nodes,
     )
     args = _parse_vllm_args(plan.vllm_argv)
+    # nothing is in flight before the server runs (it installs the drain): stop at once, Ray head included
+    signal.signal(signal.SIGTERM, _interrupt_start)
     with ExitStack() as stack:
         if plan.uses_ray:
-            from runtimes.ray_cluster import RayHead, wait_for_cluster
+            from runtimes.ray_cluster import RayHead, disconnect, wait_for_cluster
 
             head = stack.enter_context(RayHead(options.ray_port, node_ip=options.ray_node_ip, num_gpus=plan.topology.gpus_per_node))
             os.environ["RAY_ADDRESS"] = head.address
+            stack.callback(disconnect)  # runs before the head stops
             wait_for_cluster(head.address, nodes=plan.topology.nodes, gpus=plan.expected_gpus, timeout=options.ray_wait_timeout)
         import uvloop
 

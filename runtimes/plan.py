@@ -7,6 +7,7 @@ One GPU, pipeline stages inside one pod, or the CPU: vLLM's own local executor, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -33,6 +34,8 @@ MODEL_FLAGS = ("--model",)
 EXECUTOR_FLAGS = ("--distributed-executor-backend",)
 CHAT_TEMPLATE_FLAGS = ("--chat-template",)
 RUNNER_FLAGS = ("--runner",)
+# Hub IDs from before organisations ("gpt2", "bert-base-uncased"); the Hub still resolves them
+LEGACY_HF_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class PlanError(ValueError):
@@ -141,7 +144,8 @@ def choose_executor(choice: ExecutorChoice, topology: Topology, on_gpu: bool) ->
 
 
 def resolve_model(value: str | None, exists: Callable[[str], bool]) -> str:
-    """What vLLM loads: a local directory (KServe puts models at /mnt/models) or a Hugging Face ID."""
+    """What vLLM loads: a local directory (KServe puts models at /mnt/models; relative paths too)
+    or a Hugging Face ID ('org/model', or a legacy one-word ID such as 'gpt2')."""
     if value is None or value == "":
         if exists(MODEL_DIR):
             return MODEL_DIR
@@ -153,14 +157,14 @@ def resolve_model(value: str | None, exists: Callable[[str], bool]) -> str:
             f"the runtime does not download {value}: set it as the InferenceService's storageUri so that "
             f"KServe's storage initializer puts it at {MODEL_DIR}, and pass --model={MODEL_DIR}"
         )
-    if value.startswith("/"):
-        if not exists(value):
-            hint = " (is the InferenceService's storageUri set?)" if value == MODEL_DIR else ""
-            raise PlanError(f"model path {value} does not exist{hint}")
+    if exists(value):  # vLLM, too, looks for a local directory before it asks the Hub
         return value
-    if HF_ID_RE.match(value):
+    if value.startswith(("/", ".", "~")) or value.count("/") > 1:
+        hint = " (is the InferenceService's storageUri set?)" if value == MODEL_DIR else ""
+        raise PlanError(f"model path {value} does not exist{hint}")
+    if HF_ID_RE.match(value) or LEGACY_HF_ID_RE.match(value):
         return value
-    raise PlanError(f"--model {value!r} is neither an absolute path nor a Hugging Face ID 'org/model'")
+    raise PlanError(f"--model {value!r} is neither an existing path nor a Hugging Face ID 'org/model'")
 
 
 def plan_head(

@@ -126,15 +126,18 @@ class RayHead:
         output = self.log.open("ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT, env=_ray_env(), start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not head_is_healthy(self.address):
-            if self.process.poll() is not None:
-                raise RayClusterError(
-                    f"`ray start --head` exited with {self.process.returncode}" + (f"; see {self.log}" if self.log else "")
-                )
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise RayClusterError(f"the Ray head did not become healthy within {timeout:g} s")
-            time.sleep(0.5)
+        try:
+            while not head_is_healthy(self.address):
+                if self.process.poll() is not None:
+                    raise RayClusterError(
+                        f"`ray start --head` exited with {self.process.returncode}" + (f"; see {self.log}" if self.log else "")
+                    )
+                if time.monotonic() >= deadline:
+                    raise RayClusterError(f"the Ray head did not become healthy within {timeout:g} s")
+                time.sleep(0.5)
+        except BaseException:  # a timeout, or SIGTERM while starting: no Ray processes left behind
+            self.stop()
+            raise
         logger.info("Ray head started at %s", self.address)
         return self
 
@@ -181,6 +184,15 @@ def wait_for_cluster(address: str, *, nodes: int, gpus: int, timeout: float, pol
                 "(check the worker pods: they join HEAD_SVC; RAY_NODE_COUNT and REQUEST_GPU_COUNT set the expectation)"
             )
         time.sleep(poll)
+
+
+def disconnect() -> None:
+    """Leave the cluster as a driver. Before the head stops: with the GCS gone, Ray's excepthook (installed by
+    `ray.init`) would wait for it forever when an error such as a failed engine start ends the launcher."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def worker_command(address: str, *, node_ip: str | None = None, num_gpus: int | None = None) -> list[str]:

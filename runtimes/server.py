@@ -143,10 +143,6 @@ async def serve(args: Namespace, settings: RuntimeSettings, *, started_at: float
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.launcher import NoSignalServer, setup_server
 
-    def interrupt_loading(*_: object) -> None:
-        raise KeyboardInterrupt("SIGTERM while loading")
-
-    signal.signal(signal.SIGTERM, interrupt_loading)  # nothing is in flight yet: stop at once
     _, sock = setup_server(args, reuse_port=False)
     metrics = RuntimeMetrics()
     try:

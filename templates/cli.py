@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from templates.catalog import CATALOG_DIR, load_catalog, load_file, registry_of, to_yaml
 from templates.from_hf import GPU_MEMORY_GB, template_from_hf
 from templates.registry import ImmutableVersionError, VersionRegistry
-from templates.schema import TemplateValidationError, errors_from
+from templates.schema import TemplateValidationError
 
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
@@ -33,10 +32,6 @@ CatalogDir = Annotated[Path, typer.Option("--catalog", help="catalog directory",
 def _fail(message: str) -> NoReturn:
     error_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(1)
-
-
-def _joined(errors: list[tuple[str, str]]) -> str:
-    return "; ".join(f"{location or '<root>'}: {message}" for location, message in errors)
 
 
 def _registry(directory: Path) -> VersionRegistry:
@@ -106,7 +101,9 @@ def validate(paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help
 @app.command("from-hf")
 def from_hf(
     hf_id: Annotated[str, typer.Argument(metavar="ORG/MODEL", help="Hugging Face model ID")],
-    gpus: Annotated[int | None, typer.Option("--gpus", min=0, max=16, help="GPUs per pod (default: from the model size)")] = None,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", min=0, max=16, help="GPUs per pod; 0 for a CPU template (default: from the model size)")
+    ] = None,
     gpu_type: Annotated[str, typer.Option("--gpu-type", help=f"one of {', '.join(GPU_MEMORY_GB)}")] = "nvidia-a100-80gb",
     name: Annotated[str | None, typer.Option("--name", help="template name (default: from the ID)")] = None,
     version: Annotated[int, typer.Option("--version", min=1)] = 1,
@@ -128,9 +125,7 @@ def from_hf(
             task=task,
         )
     except TemplateValidationError as exc:
-        _fail(_joined(exc.errors))
-    except ValidationError as exc:  # a combination of options the schema refuses
-        _fail(f"cannot build a template for {hf_id}: {_joined(errors_from(exc))}")
+        _fail(str(exc))
     text = to_yaml(document)
     if output is None:
         typer.echo(text, nl=False)

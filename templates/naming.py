@@ -7,6 +7,7 @@ are cut and given a short hash of the original so they stay unique and stable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -21,7 +22,12 @@ def short_hash(text: str, length: int = _HASH_LEN) -> str:
 
 
 def is_dns1123_label(name: str) -> bool:
-    return len(name) <= DNS1123_LABEL_MAX and bool(DNS1123_LABEL_RE.fullmatch(name))
+    return len(name) <= DNS1123_LABEL_MAX and _matches_dns1123_label(name)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few names come with every version and event of a template
+def _matches_dns1123_label(name: str) -> bool:
+    return DNS1123_LABEL_RE.fullmatch(name) is not None
 
 
 def k8s_name(text: str, max_len: int = DNS1123_LABEL_MAX) -> str:

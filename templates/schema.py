@@ -10,8 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -152,22 +151,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-def _check_dns_label(value: str, what: str) -> str:
+def check_dns_label(value: str, what: str) -> str:
+    """`value` when it is a DNS-1123 label; otherwise a `ValueError` that says what `what` must look like."""
     if not is_dns1123_label(value):
-        raise ValueError(
-            f"{what} {value!r} is not a valid Kubernetes name (DNS-1123 label: lower-case "
-            "letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
-        )
+        raise ValueError(_dns_label_message(value, what))
     return value
+
+
+def _dns_label_message(value: str, what: str) -> str:
+    return (
+        f"{what} {value!r} is not a valid Kubernetes name (DNS-1123 label: lower-case "
+        "letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
+    )
 
 
 def _check_quantity(value: str | int | float | None) -> str | None:
     if value is None:
         return None
     text = str(value)
-    if not QUANTITY_RE.match(text):
-        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. '4', '500m', '24Gi')")
+    if len(text) > _QUANTITY_MAX or not _is_quantity(text):
+        raise ValueError(f"{text[:_QUANTITY_MAX]!r} is not a Kubernetes quantity (e.g. '4', '500m', '24Gi')")
     return text
+
+
+_QUANTITY_MAX = 64
+
+
+# Validation memoised per value: a template's versions repeat the same names, quantities, sources and
+# label keys, and these checks were a third of the cost of validating a version. Only short,
+# bounded values reach a cache.
+@functools.lru_cache(maxsize=1024)
+def _is_quantity(text: str) -> bool:
+    return QUANTITY_RE.match(text) is not None
 
 
 @functools.lru_cache(maxsize=1024)  # a handful of distinct values, asked on every render
@@ -230,6 +245,8 @@ class EngineSettings(_Strict):
     @field_validator("vllm_args")
     @classmethod
     def _vllm_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            return v
         seen: set[str] = set()
         for key, value in v.items():
             normalised = key.replace("-", "_")
@@ -339,7 +356,7 @@ class Storage(_Strict):
     @field_validator("cache_pvc")
     @classmethod
     def _pvc(cls, v: str | None) -> str | None:
-        return None if v is None else _check_dns_label(v, "cache_pvc")
+        return None if v is None else check_dns_label(v, "cache_pvc")
 
 
 def source_scheme(source: str) -> str:
@@ -347,6 +364,31 @@ def source_scheme(source: str) -> str:
     if "://" in source:
         return source.split("://", 1)[0]
     return "local"
+
+
+@functools.lru_cache(maxsize=1024)
+def _source_problem(source: str) -> str | None:
+    if _WHITESPACE_OR_NUL.search(source):
+        return "source may not contain whitespace"
+    if "://" in source:
+        scheme, rest = source.split("://", 1)
+        if scheme not in SOURCE_SCHEMES:
+            return f"source scheme {scheme!r} is not one of {', '.join(SOURCE_SCHEMES)} (or a local path)"
+        if not rest:
+            return "source has no location after the scheme"
+        if scheme == "hf" and not HF_ID_RE.match(rest):
+            return f"hf source {rest!r} must be a Hugging Face ID 'org/model'"
+        if scheme == "pvc":
+            claim = rest.split("/", 1)[0]
+            if not is_dns1123_label(claim):
+                return _dns_label_message(claim, "pvc claim")
+        if ".." in rest.split("/"):
+            return "source may not contain '..'"
+    elif not source.startswith("/"):
+        return "source must be hf://org/model, s3://…, gs://…, pvc://claim/path, oci://… or an absolute local path"
+    elif ".." in source.split("/"):
+        return "source may not contain '..'"
+    return None
 
 
 class VersionSpec(_Strict):
@@ -366,25 +408,9 @@ class VersionSpec(_Strict):
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        if _WHITESPACE_OR_NUL.search(v):
-            raise ValueError("source may not contain whitespace")
-        if "://" in v:
-            scheme, rest = v.split("://", 1)
-            if scheme not in SOURCE_SCHEMES:
-                raise ValueError(f"source scheme {scheme!r} is not one of {', '.join(SOURCE_SCHEMES)} (or a local path)")
-            if not rest:
-                raise ValueError("source has no location after the scheme")
-            if scheme == "hf" and not HF_ID_RE.match(rest):
-                raise ValueError(f"hf source {rest!r} must be a Hugging Face ID 'org/model'")
-            if scheme == "pvc":
-                claim = rest.split("/", 1)[0]
-                _check_dns_label(claim, "pvc claim")
-            if ".." in rest.split("/"):
-                raise ValueError("source may not contain '..'")
-        elif not v.startswith("/"):
-            raise ValueError("source must be hf://org/model, s3://…, gs://…, pvc://claim/path, oci://… or an absolute local path")
-        elif ".." in v.split("/"):
-            raise ValueError("source may not contain '..'")
+        problem = _source_problem(v)  # v is at most 1024 characters here
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -423,22 +449,33 @@ class ModelTemplate(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _check_dns_label(v, "template name")
+        return check_dns_label(v, "template name")
 
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
-            prefix, _, name = key.rpartition("/")
-            if prefix and (len(prefix) > 253 or not all(DNS1123_LABEL_RE.fullmatch(p) for p in prefix.split("."))):
-                raise ValueError(f"label key {key!r} has an invalid prefix")
-            if not name or len(name) > 63 or not LABEL_KEY_NAME_RE.match(name):
-                raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
-            if prefix.endswith("modelplane.ai") or prefix.startswith("kubernetes.io") or prefix.endswith(".kubernetes.io"):
-                raise ValueError(f"label key {key!r} uses a reserved prefix")
+            problem = "is not a valid Kubernetes label key" if len(key) > _LABEL_KEY_MAX else _label_key_problem(key)
+            if problem:
+                raise ValueError(f"label key {key[:_LABEL_KEY_MAX]!r} {problem}")
             if not LABEL_VALUE_RE.match(value):
                 raise ValueError(f"label value {value!r} for {key!r} is not a valid Kubernetes label value")
         return dict(sorted(v.items()))  # canonical order: the content hash hashes the JSON dump
+
+
+_LABEL_KEY_MAX = 253 + 1 + 63  # prefix / name
+
+
+@functools.lru_cache(maxsize=1024)
+def _label_key_problem(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not all(DNS1123_LABEL_RE.fullmatch(p) for p in prefix.split("."))):
+        return "has an invalid prefix"
+    if not name or len(name) > 63 or not LABEL_KEY_NAME_RE.match(name):
+        return "is not a valid Kubernetes label key"
+    if prefix.endswith("modelplane.ai") or prefix.startswith("kubernetes.io") or prefix.endswith(".kubernetes.io"):
+        return "uses a reserved prefix"
+    return None
 
 
 class ModelTemplateVersion(_Strict):
@@ -464,9 +501,14 @@ class ModelTemplateVersion(_Strict):
     def served_model_name(self) -> str:
         return self.spec.served_model_name or self.template.name
 
-    @cached_property
+    @property
     def content_hash(self) -> str:
-        return content_hash(self)
+        # cached in the instance dict by hand: functools.cached_property takes a lock on every
+        # first access (Python 3.11), a noticeable share of decoding a version event
+        known = self.__dict__.get("content_hash")
+        if known is None:
+            known = self.__dict__["content_hash"] = content_hash(self)
+        return str(known)
 
     def to_document(self) -> dict[str, Any]:
         """The canonical YAML/JSON document (what catalog files and events carry)."""
@@ -480,8 +522,11 @@ def content_hash(version: ModelTemplateVersion) -> str:
     (labels, vllm_args) are sorted on validation, so the compact dump is canonical
     (and five times cheaper than re-sorting a generic dump).
     """
-    canonical = version.model_dump_json(include={"template", "version", "spec"})
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    canonical = type(version).__pydantic_serializer__.to_json(version, include=_HASHED_FIELDS)
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+_HASHED_FIELDS: Final = {"template", "version", "spec"}
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

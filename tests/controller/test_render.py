@@ -16,6 +16,7 @@ from controller.render import (
     PROGRESS_DEADLINE_ANNOTATION,
     RETENTION_ANNOTATION,
     RenderError,
+    _parts_cache,
     forget_rendered_versions,
     object_hash,
     render_inference_service,
@@ -275,31 +276,32 @@ def test_golden_files_are_plain_sorted_yaml() -> None:
 def test_remembered_versions_render_exactly_as_fresh_ones(version: ModelTemplateVersion) -> None:
     forget_rendered_versions()
     deployment = default_deployment(version, event_id="e1")
-    fresh = render_inference_service(version, deployment, CONFIG)
-    first = render_inference_service(version, deployment, CONFIG, version_hash=version.content_hash)  # computed, then remembered
-    assert first == fresh
-    first["spec"]["predictor"]["model"]["args"].append("--changed-by-a-caller")  # callers own what they get
-    first["metadata"]["labels"]["changed"] = "yes"
-    assert render_inference_service(version, deployment, CONFIG, version_hash=version.content_hash) == fresh  # from memory
+    key = (version.name, version.version, version.content_hash)
+    fresh = render_inference_service(version, deployment, CONFIG)  # computed, noted
+    assert _parts_cache.entries[key] is None
+    second = render_inference_service(version, deployment, CONFIG)  # computed, remembered
+    assert second == fresh and isinstance(_parts_cache.entries[key], bytes)
+    second["spec"]["predictor"]["model"]["args"].append("--changed-by-a-caller")  # callers own what they get
+    second["metadata"]["labels"]["changed"] = "yes"
+    assert render_inference_service(version, deployment, CONFIG) == fresh  # from memory
 
 
 def test_remembered_versions_follow_the_configuration_and_the_deployment() -> None:
     forget_rendered_versions()
     version = by_name("gemma-7b-it")
-    vouched = version.content_hash
-    render_inference_service(version, default_deployment(version), CONFIG, version_hash=vouched)
+    render_inference_service(version, default_deployment(version), CONFIG)
     other = RenderConfig.model_validate({"runtime": "another-runtime", "gpu_products": {"nvidia-l4": "L4-custom"}})
-    isvc = render_inference_service(version, default_deployment(version), other, version_hash=vouched)
+    isvc = render_inference_service(version, default_deployment(version), other)
     assert isvc == render_inference_service(version, default_deployment(version), other)
     assert isvc["spec"]["predictor"]["model"]["runtime"] == "another-runtime"
     assert isvc["spec"]["predictor"]["nodeSelector"] == {"nvidia.com/gpu.product": "L4-custom"}
 
     scaled_deployment = default_deployment(version, overrides=DeploymentOverrides(max_replicas=5))
-    scaled = render_inference_service(version, scaled_deployment, other, version_hash=vouched)
+    scaled = render_inference_service(version, scaled_deployment, other)
     assert scaled["spec"]["predictor"]["maxReplicas"] == 5 and content_hash_of(scaled) != content_hash_of(isvc)
-    stopped = render_inference_service(version, default_deployment(version, stopped=True), other, version_hash=vouched)
+    stopped = render_inference_service(version, default_deployment(version, stopped=True), other)
     assert stopped["metadata"]["annotations"][STOP_ANNOTATION] == "true"
-    resumed = render_inference_service(version, default_deployment(version), other, version_hash=vouched)
+    resumed = render_inference_service(version, default_deployment(version), other)
     assert STOP_ANNOTATION not in resumed["metadata"]["annotations"] and resumed == isvc
 
 

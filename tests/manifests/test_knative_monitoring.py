@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 from controller.metrics import ControllerMetrics
 from controller.sinks.base import MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL, VERSION_LABEL
@@ -116,37 +119,107 @@ def test_dashboard_has_the_panels_users_look_at(full: list[Doc]) -> None:
 
 VLLM_METRIC = re.compile(r"vllm:[a-z_]+")
 MODELPLANE_METRIC = re.compile(r"modelplane_[a-z_]+")
-SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
+# what each metric type exports (prometheus_client's names; a counter's family name has no _total)
+SERIES_SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count", "_created")}
+# target labels the Prometheus Operator puts on every scraped series
+OPERATOR_LABELS = frozenset({"namespace", "pod", "container", "endpoint", "job", "instance", "service"})
 
 
-def _base_name(metric: str) -> str:
-    for suffix in SUFFIXES:
-        if metric.endswith(suffix):
-            return metric.removesuffix(suffix)
-    return metric
+@dataclass(frozen=True)
+class Family:
+    type: str
+    labels: frozenset[str]
+
+    def series(self, name: str) -> set[str]:
+        return {name + suffix for suffix in SERIES_SUFFIXES[self.type]}
 
 
-def vllm_metric_names() -> set[str]:
-    """Metric names in the installed vLLM's sources (read, not imported: importing vLLM takes seconds)."""
+def vllm_families() -> dict[str, Family]:
+    """vLLM's metric families, read from the installed vLLM's sources (importing vLLM takes seconds).
+
+    vLLM v1 declares them as `self._counter_cls(name="vllm:…", …, labelnames=labelnames [+ ["extra"]])`
+    with `labelnames = ["model_name", "engine"]`; a metric declared any other way is not found,
+    so a dashboard that used it would fail here.
+    """
     import importlib.util
 
     spec = importlib.util.find_spec("vllm")
     assert spec is not None and spec.origin is not None, "vLLM is not installed in this environment"
     metrics_dir = Path(spec.origin).parent / "v1" / "metrics"
-    return {name for path in metrics_dir.glob("*.py") for name in re.findall(r'"(vllm:[a-z_]+)"', path.read_text())}
+    families: dict[str, Family] = {}
+    for path in metrics_dir.glob("*.py"):
+        text = path.read_text()
+        base = re.search(r"^\s*labelnames = (\[[^\]]*\])", text, re.MULTILINE)
+        for match in re.finditer(r"self\._(counter|gauge|histogram)_cls\(\s*name=\"(vllm:[a-z_]+)\"(.*?)\n\s*\)", text, re.DOTALL):
+            kind, name, arguments = match.groups()
+            labels: set[str] = set()
+            if "labelnames=labelnames" in arguments:
+                assert base is not None, f"{path.name}: {name} uses `labelnames` but no `labelnames = [...]` was found"
+                labels |= set(ast.literal_eval(base.group(1)))
+            for extra in re.findall(r"labelnames=labelnames \+ (\[[^\]]*\])", arguments):
+                labels |= set(ast.literal_eval(extra))
+            families[name] = Family(kind, frozenset(labels))
+    return families
 
 
-def test_dashboard_uses_metrics_that_exist(full: list[Doc]) -> None:
-    exprs = [e for targets in expressions(dashboard(full)).values() for e in targets]
-    used_vllm = {_base_name(m) for e in exprs for m in VLLM_METRIC.findall(e)}
-    assert used_vllm and used_vllm <= vllm_metric_names(), f"unknown vLLM metrics: {used_vllm - vllm_metric_names()}"
-    ours = {metric.name for metric in ControllerMetrics().registry.collect()}
-    runtime_registry = CollectorRegistry()
-    RuntimeMetrics(runtime_registry)
-    ours |= {metric.name for metric in runtime_registry.collect()}
-    used_ours = {_base_name(m) for e in exprs for m in MODELPLANE_METRIC.findall(e)}
-    assert {m.split("_")[1] for m in used_ours} == {"controller", "runtime"}
-    assert used_ours <= ours, f"unknown modelplane metrics: {used_ours - ours}"
+def modelplane_families() -> dict[str, Family]:
+    """The controller's and the runtime's own families, from the objects that register them."""
+    runtime = RuntimeMetrics(CollectorRegistry())
+    families: dict[str, Family] = {}
+    for owner in (ControllerMetrics(), runtime):
+        for metric in vars(owner).values():
+            if isinstance(metric, MetricWrapperBase):
+                families[metric._name] = Family(str(metric._type), frozenset(metric._labelnames))
+    return families
+
+
+GROUPING = re.compile(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)")
+MATCHER_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+
+
+def _label_names(expression: str) -> set[str]:
+    """Label names an expression groups, joins or matches on."""
+    grouped = {name.strip() for clause in GROUPING.findall(expression) for name in clause.split(",")}
+    matched = {name for selector in re.findall(r"\{([^}]*)\}", expression) for name in MATCHER_LABEL.findall(selector)}
+    return (grouped | matched) - {""}
+
+
+def test_dashboard_uses_series_and_labels_that_exist(full: list[Doc]) -> None:
+    """Every series a panel queries is one its metric exports (type-aware suffix), with labels it has."""
+    vllm, ours = vllm_families(), modelplane_families()
+    assert {"vllm:time_to_first_token_seconds", "vllm:num_requests_running"} <= set(vllm), "the source parse found nothing"
+    relabelled = {
+        r["targetLabel"]
+        for e in one(full, "PodMonitor", "modelplane-runtimes")["spec"]["podMetricsEndpoints"]
+        for r in e.get("relabelings", [])
+        if "targetLabel" in r
+    }
+    exported = {series: (name, family) for families in (vllm, ours) for name, family in families.items() for series in family.series(name)}
+    problems: list[str] = []
+    used_kinds: set[str] = set()
+    for title, targets in expressions(dashboard(full)).items():
+        for expression in targets:
+            used = set(VLLM_METRIC.findall(expression)) | set(MODELPLANE_METRIC.findall(expression))
+            problems += [f"{title}: {series} is not a series any metric exports" for series in sorted(used - set(exported))]
+            known = [exported[series] for series in used if series in exported]
+            used_kinds |= {"vllm" if name.startswith("vllm:") else name.split("_")[1] for name, _ in known}
+            available = OPERATOR_LABELS | relabelled | {label for _, family in known for label in family.labels}
+            if any(family.type == "histogram" for _, family in known):
+                available |= {"le"}
+            problems += [f"{title}: label {label!r} is on none of {sorted(used)}" for label in sorted(_label_names(expression) - available)]
+    assert problems == []
+    assert used_kinds == {"vllm", "controller", "runtime"}
+
+
+def test_the_series_check_catches_a_wrong_suffix_and_label(full: list[Doc]) -> None:
+    vllm, ours = vllm_families(), modelplane_families()
+    assert "vllm:num_requests_running_total" not in vllm["vllm:num_requests_running"].series("vllm:num_requests_running")  # a gauge
+    assert ours["modelplane_runtime_cold_start_seconds"].series("modelplane_runtime_cold_start_seconds") == {
+        "modelplane_runtime_cold_start_seconds"
+    }
+    assert "finished_reason" in vllm["vllm:request_success"].labels and "model_name" in vllm["vllm:request_success"].labels
+    assert ours["modelplane_controller_sink_errors"] == Family("counter", frozenset({"kind"}))
+    assert _label_names('sum by (le, model_name) (rate(x{namespace=~"$ns", a!="b"}[5m]))') == {"le", "model_name", "namespace", "a"}
 
 
 def test_dashboard_config_map_has_a_stable_name(full: list[Doc]) -> None:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.manifests.kustomize import (
+    MANIFESTS,
     OVERLAYS,
     RenderError,
     golden_path,
@@ -48,6 +49,26 @@ def test_golden_files_belong_to_overlays() -> None:
     expected = {golden_path(overlay).name for overlay in OVERLAYS}
     present = {path.name for path in golden_path(OVERLAYS[0]).parent.glob("*.yaml")}
     assert present == expected, "a golden file without its overlay (or the reverse)"
+
+
+def _included(directory: Path) -> set[Path]:
+    """The kustomization directories a kustomization pulls in (resources and components), transitively."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    found: set[Path] = set()
+    for entry in (kustomization.get("resources") or []) + (kustomization.get("components") or []):
+        target = (directory / entry).resolve()
+        if (target / "kustomization.yaml").exists():
+            found |= {target} | _included(target)
+    return found
+
+
+def test_every_kustomization_is_rendered_by_an_overlay_the_tests_check() -> None:
+    """A new kustomization under manifests/ is either in OVERLAYS or included by one, so none escapes the checks."""
+    roots = {(MANIFESTS / overlay).resolve() for overlay in OVERLAYS}
+    covered = roots | {included for root in roots for included in _included(root)}
+    every = {path.parent.resolve() for path in MANIFESTS.rglob("kustomization.yaml")}
+    assert sorted(str(p.relative_to(MANIFESTS.resolve())) for p in every - covered) == []
+    assert {"base", "runtimes", "nats", "monitoring"} <= {str(p.relative_to(MANIFESTS.resolve())) for p in covered - roots}
 
 
 def test_validation_catches_a_broken_object() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -77,8 +78,18 @@ def test_model_resolution() -> None:
         resolve_model(MODEL_DIR, exists_only())
     with pytest.raises(PlanError, match="storage initializer"):
         resolve_model("s3://bucket/model", exists_only())
-    with pytest.raises(PlanError, match="neither an absolute path nor a Hugging Face ID"):
+    with pytest.raises(PlanError, match="neither an existing path nor a Hugging Face ID"):
         resolve_model("not a model", exists_only())
+
+
+def test_relative_paths_and_legacy_hub_ids() -> None:
+    # a local directory wins over a Hub ID of the same spelling, as in vLLM
+    assert resolve_model(".cache/tiny", exists_only(".cache/tiny")) == ".cache/tiny"
+    assert resolve_model("models/tiny", exists_only("models/tiny")) == "models/tiny"
+    assert resolve_model("gpt2", exists_only()) == "gpt2"
+    for missing in (".cache/tiny", "./tiny", "../a/b", "~/m", "a/b/c"):
+        with pytest.raises(PlanError, match=f"model path {re.escape(missing)} does not exist$"):
+            resolve_model(missing, exists_only())
 
 
 def test_single_gpu_plan_from_a_rendered_catalog_version_has_no_ray() -> None:

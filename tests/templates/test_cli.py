@@ -100,4 +100,4 @@ def test_from_hf_refuses_bad_input_with_the_field() -> None:
     bad_name = runner.invoke(app, ["templates", "from-hf", "acme/model-7b", "--name", "Bad_Name"])
 
     assert not_an_id.exit_code == 1 and "hf_id:" in not_an_id.stderr
-    assert bad_name.exit_code == 1 and "name" in bad_name.stderr and "Traceback" not in bad_name.output
+    assert bad_name.exit_code == 1 and "template.name:" in bad_name.stderr and "Traceback" not in bad_name.output

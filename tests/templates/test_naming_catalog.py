@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from templates.catalog import CATALOG_DIR, load_catalog, load_file, registry_of, to_yaml
-from templates.from_hf import parameters_billions, template_from_hf
+from templates.from_hf import GPU_MEMORY_GB, parameters_billions, template_from_hf
 from templates.naming import is_dns1123_label, k8s_name
 from templates.registry import AddOutcome, ImmutableVersionError, VersionRegistry
 from templates.schema import TemplateValidationError, parse_version
@@ -60,8 +60,9 @@ def test_catalog_resource_arithmetic(version) -> None:  # type: ignore[no-untype
     if spec.resources.gpus:
         assert spec.resources.gpu_type, "GPU templates say which GPU"
         assert spec.model_size_gb is not None
-        # weights must fit in the GPUs' memory share (80 GB cards at most in the catalog)
-        assert spec.model_size_gb <= spec.total_gpus * 80 * spec.engine.gpu_memory_utilization
+        # the weights take at most 85% of what vLLM may use on the named cards: the rest is KV cache and activations
+        budget = spec.total_gpus * GPU_MEMORY_GB[spec.resources.gpu_type] * spec.engine.gpu_memory_utilization
+        assert spec.model_size_gb <= 0.85 * budget, f"{spec.model_size_gb} GB of weights on {spec.total_gpus} x {spec.resources.gpu_type}"
     else:
         assert spec.engine.dtype in {"float32", "auto", "bfloat16"}
     assert spec.scaling.min_replicas <= spec.scaling.max_replicas
@@ -94,3 +95,18 @@ def test_from_hf_sizes_resources_from_the_id() -> None:
     assert big.spec.resources.gpus == 4 and big.spec.parallelism.tensor == 4
     with pytest.raises(TemplateValidationError):
         template_from_hf("not-an-id")
+
+
+def test_from_hf_cpu_templates_and_field_paths() -> None:
+    cpu = template_from_hf("Qwen/Qwen2.5-0.5B-Instruct", gpus=0)
+    assert (cpu.spec.resources.gpus, cpu.spec.resources.gpu_type, cpu.spec.parallelism.tensor) == (0, None, 1)
+    embed = template_from_hf("BAAI/bge-small-en", task="embed")
+    assert embed.spec.model_size_gb is not None and embed.spec.model_size_gb < 2, "an embedding model without a size in its ID"
+    assert embed.spec.engine.max_model_len is None
+    with pytest.raises(TemplateValidationError) as info:
+        template_from_hf("acme/model-7b", quantization="q9")
+    assert [field for field, _ in info.value.errors] == ["spec.engine.quantization"]
+    with pytest.raises(TemplateValidationError) as info:
+        template_from_hf("acme/model-7b", gpus=0, quantization="awq")
+    ((field, message),) = info.value.errors
+    assert field == "spec" and "engine.quantization" in message and "resources.gpus" in message

@@ -129,3 +129,65 @@ def test_durations() -> None:
     assert duration_seconds("45s") == 45
     with pytest.raises(ValueError):
         duration_seconds("")
+
+
+def test_every_spec_section_of_the_issue_is_accepted() -> None:
+    version = parse_version(
+        minimal(
+            source="pvc://models/org/model",
+            served_model_name="org/model",
+            engine={
+                "max_model_len": 4096,
+                "dtype": "bfloat16",
+                "quantization": "awq",
+                "gpu_memory_utilization": 0.85,
+                "max_num_seqs": 32,
+                "enforce_eager": True,
+                "trust_remote_code": False,
+                "vllm_args": {"max-num-batched-tokens": 2048, "enable_chunked_prefill": True},
+            },
+            generation={
+                "prompt_format": "### Instruction:\n{instruction}\n### Response:\n",
+                "stop": ["###"],
+                "sampling": {"temperature": 0.2},
+            },
+            resources={"gpus": 2, "gpu_type": "nvidia-l4", "cpu": "8", "memory": "48Gi"},
+            parallelism={"tensor": 2},
+            scaling={"min_replicas": 0, "max_replicas": 3, "target_concurrency": 4, "keep_hot": "1h30m", "priority": 1},
+            storage={"cache_pvc": "model-cache", "hf_token_secret": {"name": "hf-token"}},
+        )
+    )
+    spec = version.spec
+    assert (spec.source_scheme, version.served_model_name, spec.total_gpus) == ("pvc", "org/model", 2)
+    assert spec.engine.vllm_args == {"enable_chunked_prefill": True, "max-num-batched-tokens": 2048}
+    assert spec.generation.prompt_format is not None and spec.generation.prompt_format.endswith("### Response:\n"), "whitespace kept"
+    assert (spec.scaling.keep_hot_seconds, spec.scaling.always_hot) == (5400, False)
+    assert spec.storage.hf_token_secret is not None and spec.storage.hf_token_secret.key == "HF_TOKEN"
+
+
+@pytest.mark.parametrize(("priority", "hot"), [(0, False), (1, False), (2, True), (5, True)])
+def test_priority_two_and_above_is_always_hot(priority: int, hot: bool) -> None:
+    assert parse_version(minimal(scaling={"priority": priority})).spec.scaling.always_hot is hot
+
+
+def test_content_hash_ignores_key_order_and_spelling_of_equal_values() -> None:
+    one = minimal(resources={"gpus": 1, "cpu": "4", "memory": "16Gi"}, engine={"vllm_args": {"seed": 1, "block_size": 16}})
+    one["template"]["labels"] = {"b": "2", "a": "1"}
+    other = {
+        "spec": {
+            "engine": {"vllm_args": {"block_size": 16, "seed": 1}},
+            "resources": {"memory": "16Gi", "cpu": 4, "gpus": 1},
+            "source": "hf://org/model",
+        },
+        "version": 1,
+        "template": {"labels": {"a": "1", "b": "2"}, "name": "demo"},
+    }
+    assert parse_version(one).content_hash == parse_version(other).content_hash
+
+
+def test_secret_reference_never_echoes_what_was_pasted() -> None:
+    pasted = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+    with pytest.raises(TemplateValidationError) as info:
+        parse_version(minimal(storage={"hf_token_secret": {"name": pasted}}))
+    assert [field for field, _ in info.value.errors] == ["spec.storage.hf_token_secret.name"]
+    assert pasted not in str(info.value)
