@@ -3,14 +3,18 @@
 Each round starts both servers one after the other (the order alternates between rounds) and
 measures each cold start (spawn → /v1/models answers → first streamed token); then, with both up,
 it runs pairs of load blocks, one block on each server back to back: 64 streamed completions, 8 at
-a time, 32 output tokens each with `ignore_eos`. On a small machine the blocks are bimodal (engine,
-HTTP server and client share the cores), so throughput and TTFT compare medians over many blocks;
-a start can only be slowed down by other work, so cold starts compare the fastest. Paired ratios,
-the HTTP process's CPU time per request and the gate's own cost measured in-process (microseconds
-per request, independent of scheduling) are reported alongside.
+a time, 32 output tokens each with `ignore_eos`. Each server's engine keeps the core vLLM bound its
+model worker to and its HTTP process gets the other, with the client (`isolate_engine`), and every
+block waits until the other server's engine has stopped busy-looping: without both, blocks on two
+cores came out fast or several times slower at random and the comparison was noise. Throughput and
+TTFT compare medians over the blocks; a start can only be slowed down by other work, so cold starts
+compare the fastest. Paired ratios, the HTTP process's CPU time per request and the gate's own cost
+measured in-process (microseconds per request, independent of scheduling) are reported alongside.
 Our runtime runs with a template's defaults set (stop sequence and max_tokens added to each
-body, concurrency limit above the load), so its per-request work is all on the measured path.
-Tokens are counted from each stream's `usage`, the same request body goes to both servers.
+body, concurrency limit above the load), so its per-request work is all on the measured path; plain
+vLLM is sent the same stop sequence in the body, so both engines do the same work (checking stop
+strings is vLLM's work, not the layer's) and only the HTTP layer differs. Tokens are counted from
+each stream's `usage`.
 Results: bench/results/runtime.json (`throughput_ratio`, `ttft_p50_added_ms`, `cold_start_ratio`), with
 a 95 % bootstrap interval for the two load figures (resampling block pairs) and a conclusion per
 target (`met`/`missed` only when the whole interval lies on one side of it, else `inconclusive`),
@@ -21,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
+import os
 import random
 import signal
 import statistics
@@ -51,13 +57,15 @@ OUTPUT_TOKENS = 32
 WARMUP_REQUESTS = 8
 ENGINE_ARGS = (*TINY_ENGINE_ARGS, "--max-model-len=512")
 # the same KV cache size for both (our launcher would otherwise pick it on the CPU by itself)
+TEMPLATE_STOP = ("<|end|>",)  # the served template's stop sequence: our runtime adds it to every request
 COMMON_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 RUNTIME_ENV = {
-    "MODELPLANE_GENERATION_DEFAULTS": json.dumps({"stop": ["<|end|>"], "sampling": {"max_tokens": OUTPUT_TOKENS}}),
+    "MODELPLANE_GENERATION_DEFAULTS": json.dumps({"stop": list(TEMPLATE_STOP), "sampling": {"max_tokens": OUTPUT_TOKENS}}),
     "MODELPLANE_MAX_CONCURRENCY": str(REQUESTS),
 }
 TARGETS = {"throughput_ratio": 0.97, "ttft_p50_added_ms": 5.0, "cold_start_ratio": 1.10}
 READY_TIMEOUT = 600.0
+ENGINE_SETTLE_S = 2.0
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -83,16 +91,19 @@ class Variant:
     """One server kind: its cold starts and the load blocks measured on it."""
 
     name: str
+    # what the body adds for this server: plain vLLM is sent the stop sequence our runtime adds by
+    # itself, so that both engines do the same work and only the HTTP layer differs
+    extra_body: dict[str, Any] = field(default_factory=dict)
     ready_s: list[float] = field(default_factory=list)
     first_token_s: list[float] = field(default_factory=list)
     blocks: list[Block] = field(default_factory=list)
     timings: list[RequestTiming] = field(default_factory=list)
 
 
-async def stream_completion(client: httpx.AsyncClient, prompt: str) -> RequestTiming:
+async def stream_completion(client: httpx.AsyncClient, prompt: str, extra: dict[str, Any]) -> RequestTiming:
     body = {
         "model": MODEL, "prompt": prompt, "max_tokens": OUTPUT_TOKENS, "temperature": 0.0, "stream": True, "ignore_eos": True,
-        "stream_options": {"include_usage": True},
+        "stream_options": {"include_usage": True}, **extra,
     }  # fmt: skip
     started = time.perf_counter()
     arrivals: list[float] = []
@@ -114,7 +125,7 @@ async def stream_completion(client: httpx.AsyncClient, prompt: str) -> RequestTi
     return RequestTiming(ttft=arrivals[0] - started, itl=statistics.fmean(gaps) if gaps else 0.0, tokens=tokens)
 
 
-async def run_load(base_url: str, requests: int, concurrency: int) -> tuple[list[RequestTiming], float]:
+async def run_load(base_url: str, requests: int, concurrency: int, extra: dict[str, Any]) -> tuple[list[RequestTiming], float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -125,7 +136,7 @@ async def run_load(base_url: str, requests: int, concurrency: int) -> tuple[list
         async def worker() -> None:
             while not queue.empty():
                 index = queue.get_nowait()
-                timings.append(await stream_completion(client, f"Request {index}: tell me about the moon over Paris."))
+                timings.append(await stream_completion(client, f"Request {index}: tell me about the moon over Paris.", extra))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -144,9 +155,9 @@ def start(variant: Variant, model_dir: Path, logs: Path) -> LocalServer:
     try:
         variant.ready_s.append(server.wait_until("/v1/models", READY_TIMEOUT))
         asked_at = time.perf_counter() - server.spawned_at
-        first, _ = asyncio.run(run_load(server.base_url, 1, 1))
+        first, _ = asyncio.run(run_load(server.base_url, 1, 1, variant.extra_body))
         variant.first_token_s.append(asked_at + first[0].ttft)
-        asyncio.run(run_load(server.base_url, WARMUP_REQUESTS, CONCURRENCY))
+        asyncio.run(run_load(server.base_url, WARMUP_REQUESTS, CONCURRENCY, variant.extra_body))
     except BaseException:
         server.stop()
         raise
@@ -154,10 +165,48 @@ def start(variant: Variant, model_dir: Path, logs: Path) -> LocalServer:
     return server
 
 
-def load_block(variant: Variant, server: LocalServer) -> Block:
+def isolate_engine(pid: int) -> set[int]:
+    """Give a server's engine and its HTTP layer a core each; returns the HTTP layer's cores.
+
+    On the CPU, vLLM binds its model worker's compute threads to some cores and leaves one free,
+    but everything else floats over every core: whenever the HTTP server or the benchmark's client
+    lands on the worker's core a decoding step waits, and the engine's scheduler competes with the
+    HTTP server for the other. Blocks came out fast or twice as slow at random. Here the engine
+    (the server's child processes: scheduler and worker) keeps the worker's cores and the HTTP
+    process, where the two servers differ, gets the free ones, with the client (see `load_block`).
+    Both servers get the same. Where vLLM bound nothing, every core is left to every process.
+    """
+    server = psutil.Process(pid)
+    engine = server.children(recursive=True)
+    every_core = set(os.sched_getaffinity(0))
+    engine_cores = {core for process in engine for core in process.cpu_affinity() if set(process.cpu_affinity()) != every_core}
+    http_cores = every_core - engine_cores
+    if not engine_cores or not http_cores:
+        return every_core
+    for process in engine:
+        _set_affinity(process.pid, engine_cores)
+    _set_affinity(pid, http_cores)
+    return http_cores
+
+
+def _set_affinity(pid: int, cores: set[int]) -> None:
+    for thread in psutil.Process(pid).threads():  # affinity is per thread
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(thread.id, cores)
+
+
+def load_block(variant: Variant, server: LocalServer, client_cores: set[int]) -> Block:
+    # vLLM's engine busy-loops for a second on its shared-memory queue after its last step; both
+    # engines run on the same cores, so the other server's engine must be idle before a block starts
+    time.sleep(ENGINE_SETTLE_S)
     api_server = psutil.Process(server.pid)
     cpu_before = sum(api_server.cpu_times()[:2])
-    timings, elapsed = asyncio.run(run_load(server.base_url, REQUESTS, CONCURRENCY))
+    every_core = set(os.sched_getaffinity(0))
+    _set_affinity(os.getpid(), client_cores)
+    try:
+        timings, elapsed = asyncio.run(run_load(server.base_url, REQUESTS, CONCURRENCY, variant.extra_body))
+    finally:
+        _set_affinity(os.getpid(), every_core)  # servers started later must see every core
     api_cpu_ms = (sum(api_server.cpu_times()[:2]) - cpu_before) * 1000 / REQUESTS
     variant.timings += timings
     block = Block(sum(t.tokens for t in timings) / elapsed, percentile([t.ttft * 1000 for t in timings], 50), api_cpu_ms)
@@ -195,8 +244,11 @@ def run_round(round_index: int, variants: dict[str, Variant], model_dir: Path, l
     try:
         for name in order:
             servers[name] = start(variants[name], model_dir, logs)
+        free_cores = {name: isolate_engine(server.pid) for name, server in servers.items()}
         for pair in range(pairs):
-            blocks = {name: load_block(variants[name], servers[name]) for name in (order if pair % 2 == 0 else order[::-1])}
+            blocks = {
+                name: load_block(variants[name], servers[name], free_cores[name]) for name in (order if pair % 2 == 0 else order[::-1])
+            }
             measured.append((blocks["plain"], blocks["runtime"]))
         ratios = [ours.throughput / plain.throughput for plain, ours in measured]
         console.print(f"  throughput ratio per pair: {' '.join(f'{r:.2f}' for r in ratios)}")
@@ -239,7 +291,7 @@ def layer_cost_us(requests: int = 20_000) -> dict[str, float]:
         _StandInApp(),
         metrics=RuntimeMetrics(CollectorRegistry()),
         max_concurrency=REQUESTS,
-        defaults=RequestDefaults(stop=("<|end|>",), max_tokens=OUTPUT_TOKENS),
+        defaults=RequestDefaults(stop=TEMPLATE_STOP, max_tokens=OUTPUT_TOKENS),
     )
 
     async def receive() -> dict[str, Any]:
@@ -299,21 +351,20 @@ def _interrupt(*_: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="rounds: both servers started (order alternating), then the load")
-    parser.add_argument("--pairs", type=int, default=12, help="pairs of load blocks (one per server, back to back) per round")
+    parser.add_argument("--pairs", type=int, default=16, help="pairs of load blocks (one per server, back to back) per round")
     options = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # stop the server being measured, too
     with tempfile.TemporaryDirectory(prefix="modelplane-bench-") as work:
         model_dir = build_tiny_model(Path(work) / "tiny")
-        variants = {"plain": Variant("plain"), "runtime": Variant("runtime")}
+        variants = {"plain": Variant("plain", extra_body={"stop": list(TEMPLATE_STOP)}), "runtime": Variant("runtime")}
         pairs: list[Pair] = []
         for round_index in range(options.rounds):
             console.print(f"round {round_index + 1}/{options.rounds}")
             pairs += run_round(round_index, variants, model_dir, Path(work) / "logs", options.pairs)
     plain, ours = summarise(variants["plain"]), summarise(variants["runtime"])
-    # Blocks on this kind of machine are bimodal (engine, HTTP server and client share few cores):
-    # per-block medians over many blocks compare the servers; a start can only be slowed down by other
-    # work, so cold starts compare the fastest. The layer's own cost is measured in-process as well.
-    # The bootstrap intervals say whether the run can tell the target apart from the noise at all.
+    # Per-block medians compare the servers; a start can only be slowed down by other work, so cold
+    # starts compare the fastest. The layer's own cost is measured in-process as well. The bootstrap
+    # intervals say whether the run can tell the target apart from the noise at all.
     layer = layer_cost_us()
     results = headline(pairs) | {"cold_start_ratio": ratio(ours, plain, "cold_start_best_s")}
     intervals = bootstrap_ci(pairs)

@@ -25,7 +25,6 @@ SOURCE_DEFAULT = "/modelplane/cli"
 HASH_EXTENSION = "modelplanehash"  # CloudEvents extension names: lower-case alphanumerics only
 
 
-
 class EventKind(enum.StrEnum):
     """The part after the type prefix; also the subject suffix."""
 
