@@ -1,6 +1,7 @@
 """Our runtime versus plain vLLM on the same tiny model and load (`python -m bench.runtime`, `make bench-runtime`).
 
-Each round starts both servers one after the other (the order alternates between rounds) and
+Each round starts both servers one after the other (the order alternates between rounds: the
+server started second ran a few percent faster in every round, so rounds come in pairs) and
 measures each cold start (spawn → /v1/models answers → first streamed token); then, with both up,
 it runs pairs of load blocks, one block on each server back to back: 64 streamed completions, 8 at
 a time, 32 output tokens each with `ignore_eos`. Each server's engine keeps the core vLLM bound its
@@ -350,9 +351,13 @@ def _interrupt(*_: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="rounds: both servers started (order alternating), then the load")
-    parser.add_argument("--pairs", type=int, default=16, help="pairs of load blocks (one per server, back to back) per round")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="rounds: both servers started (order alternating), then the load; rounds differ by a few %%"
+    )
+    parser.add_argument("--pairs", type=int, default=8, help="pairs of load blocks (one per server, back to back) per round")
     options = parser.parse_args(argv)
+    if options.rounds < 2 or options.rounds % 2:
+        parser.error("--rounds must be even: each server must be started first as often as second")
     signal.signal(signal.SIGTERM, _interrupt)  # stop the server being measured, too
     with tempfile.TemporaryDirectory(prefix="modelplane-bench-") as work:
         model_dir = build_tiny_model(Path(work) / "tiny")
