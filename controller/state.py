@@ -252,10 +252,9 @@ class DesiredState:
 
     def _put(self, deployment: Deployment) -> None:
         key = deployment.key
-        if self.deployments.setdefault(key, deployment) is not deployment:
-            self.deployments[key] = deployment
-        else:
+        if key not in self.deployments:  # a key keeps its template: only a new one joins the sorted list
             bisect.insort(self._by_template.setdefault(deployment.template, []), key)
+        self.deployments[key] = deployment
 
 
 def _same_request(a: Deployment, b: Deployment) -> bool:
