@@ -284,8 +284,8 @@ _VERSION_PAYLOAD_PREFIX: Final = b'{"apiVersion":"modelplane.ai/v1alpha1","kind"
 
 
 def _version_hash(version: TemplateVersionPublished, body: bytes) -> str:
-    known = version.__dict__.get("content_hash")  # the cached property, when something already asked for it
-    if isinstance(known, str):
+    known = version.known_content_hash
+    if known is not None:
         return known
     if not body.startswith(_VERSION_PAYLOAD_PREFIX):  # pragma: no cover - only if the schema's literals change
         return version.content_hash

@@ -505,10 +505,16 @@ class ModelTemplateVersion(_Strict):
     def content_hash(self) -> str:
         # cached in the instance dict by hand: functools.cached_property takes a lock on every
         # first access (Python 3.11), a noticeable share of decoding a version event
-        known = self.__dict__.get("content_hash")
+        known = self.known_content_hash
         if known is None:
-            known = self.__dict__["content_hash"] = content_hash(self)
-        return str(known)
+            known = self.__dict__[_HASH_CACHE_KEY] = content_hash(self)
+        return known
+
+    @property
+    def known_content_hash(self) -> str | None:
+        """The content hash if something already computed it, without computing it."""
+        known = self.__dict__.get(_HASH_CACHE_KEY)
+        return known if isinstance(known, str) else None
 
     def to_document(self) -> dict[str, Any]:
         """The canonical YAML/JSON document (what catalog files and events carry)."""
@@ -527,6 +533,7 @@ def content_hash(version: ModelTemplateVersion) -> str:
 
 
 _HASHED_FIELDS: Final = {"template", "version", "spec"}
+_HASH_CACHE_KEY: Final = "content_hash"
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
