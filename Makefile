@@ -1,4 +1,4 @@
-# modelplane: `make demo` runs the whole flow locally, `make test` runs the test suite.
+# stokehold: `make demo` runs the whole flow locally, `make test` runs the test suite.
 # Both create .venv themselves (the CPU build of vLLM included); nothing needs to be running.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -59,7 +59,7 @@ bench-runtime: $(STAMP)
 	$(PY) -m bench.runtime
 
 soak: $(STAMP)
-	MODELPLANE_SOAK=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+	STOKEHOLD_SOAK=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
 
 e2e-kind:
 	bash manifests/e2e/kind-e2e.sh

@@ -176,7 +176,7 @@ class CommitLog:
             return
         now = time.perf_counter()
         name = event.obj["metadata"]["name"]
-        version = int(event.obj["metadata"]["labels"]["modelplane.ai/version"])
+        version = int(event.obj["metadata"]["labels"]["stokehold.dev/version"])
         with self._lock:
             self.writes += 1
             self.seen.setdefault(name, {}).setdefault(version, now)

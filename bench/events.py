@@ -12,7 +12,7 @@ ratio compares its two sides.
   - `deployment.ready`: `publish(kind, model)` of an already-validated status model (what
     the controller sends most);
   - `template.version.published`: `publish_version(version)` of an already-validated
-    version, which also hashes the version's canonical JSON for `modelplanehash`;
+    version, which also hashes the version's canonical JSON for `stokeholdhash`;
 - raw: `js.publish(subject, payload, headers=...)` of the same events pre-encoded, i.e. the
   wire work alone. (The publisher sends the same JetStream publish request and reads the same
   acknowledgement, but with `nc.request` and its own reading of the acknowledgement rather

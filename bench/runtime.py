@@ -61,8 +61,8 @@ ENGINE_ARGS = (*TINY_ENGINE_ARGS, "--max-model-len=512")
 TEMPLATE_STOP = ("<|end|>",)  # the served template's stop sequence: our runtime adds it to every request
 COMMON_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 RUNTIME_ENV = {
-    "MODELPLANE_GENERATION_DEFAULTS": json.dumps({"stop": list(TEMPLATE_STOP), "sampling": {"max_tokens": OUTPUT_TOKENS}}),
-    "MODELPLANE_MAX_CONCURRENCY": str(REQUESTS),
+    "STOKEHOLD_GENERATION_DEFAULTS": json.dumps({"stop": list(TEMPLATE_STOP), "sampling": {"max_tokens": OUTPUT_TOKENS}}),
+    "STOKEHOLD_MAX_CONCURRENCY": str(REQUESTS),
 }
 TARGETS = {"throughput_ratio": 0.97, "ttft_p50_added_ms": 5.0, "cold_start_ratio": 1.10}
 READY_TIMEOUT = 600.0
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.rounds < 2 or options.rounds % 2:
         parser.error("--rounds must be even: each server must be started first as often as second")
     signal.signal(signal.SIGTERM, _interrupt)  # stop the server being measured, too
-    with tempfile.TemporaryDirectory(prefix="modelplane-bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="stokehold-bench-") as work:
         model_dir = build_tiny_model(Path(work) / "tiny")
         variants = {"plain": Variant("plain", extra_body={"stop": list(TEMPLATE_STOP)}), "runtime": Variant("runtime")}
         pairs: list[Pair] = []

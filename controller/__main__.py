@@ -1,4 +1,4 @@
-"""`python -m controller run …` — the same as `modelplane controller run …`."""
+"""`python -m controller run …` — the same as `stokehold controller run …`."""
 
 from controller.cli import main
 

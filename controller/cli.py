@@ -1,4 +1,4 @@
-"""`modelplane controller run`: the controller process (flags override `MODELPLANE_*` variables)."""
+"""`stokehold controller run`: the controller process (flags override `STOKEHOLD_*` variables)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from events.options import NatsConnectError, NatsOptions
 from events.stream import StreamConfigMismatch
 from templates.schema import errors_from
 
-app = typer.Typer(help="The modelplane controller: JetStream events in, KServe InferenceServices out.", no_args_is_help=True)
+app = typer.Typer(help="The stokehold controller: JetStream events in, KServe InferenceServices out.", no_args_is_help=True)
 err = Console(stderr=True)
 
 
@@ -41,7 +41,7 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 def build_config(flags: dict[str, Any]) -> ControllerConfig:
     """The environment's configuration with the given flags (dotted names, None = not given) on top."""
-    data: dict[str, Any] = {}  # pydantic-settings merges these with MODELPLANE_* (flags win, nested fields too)
+    data: dict[str, Any] = {}  # pydantic-settings merges these with STOKEHOLD_* (flags win, nested fields too)
     nats: dict[str, Any] = {}
     for dotted, value in flags.items():
         if value is None:
@@ -50,20 +50,20 @@ def build_config(flags: dict[str, Any]) -> ControllerConfig:
             nats[dotted.removeprefix("nats.")] = value
         else:
             _set(data, dotted, value)
-    # NatsOptions reads its own MODELPLANE_NATS_* variables only when constructed, so construct it here
+    # NatsOptions reads its own STOKEHOLD_NATS_* variables only when constructed, so construct it here
     return ControllerConfig(**data, nats=NatsOptions(**nats))
 
 
 @app.callback()
 def controller() -> None:
-    """The modelplane controller."""
+    """The stokehold controller."""
 
 
 @app.command()
 def run(
-    nats_url: Annotated[str | None, typer.Option(help="NATS server URL(s), comma-separated [env MODELPLANE_NATS_URL]")] = None,
-    sink: Annotated[str | None, typer.Option(help="where InferenceServices go: kube or dir [env MODELPLANE_SINK]")] = None,
-    dir: Annotated[Path | None, typer.Option("--dir", help="GitOps directory of the dir sink [env MODELPLANE_DIR]")] = None,
+    nats_url: Annotated[str | None, typer.Option(help="NATS server URL(s), comma-separated [env STOKEHOLD_NATS_URL]")] = None,
+    sink: Annotated[str | None, typer.Option(help="where InferenceServices go: kube or dir [env STOKEHOLD_SINK]")] = None,
+    dir: Annotated[Path | None, typer.Option("--dir", help="GitOps directory of the dir sink [env STOKEHOLD_DIR]")] = None,
     namespace: Annotated[list[str] | None, typer.Option(help="a namespace to manage (repeat); default all")] = None,
     kubeconfig: Annotated[Path | None, typer.Option(help="kubeconfig file; default in-cluster, then ~/.kube/config")] = None,
     stream: Annotated[str | None, typer.Option(help="JetStream stream name")] = None,

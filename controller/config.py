@@ -1,9 +1,9 @@
-"""Controller configuration: flags and `MODELPLANE_*` environment variables.
+"""Controller configuration: flags and `STOKEHOLD_*` environment variables.
 
 `RenderConfig` is everything rendering needs (a plain model with defaults, so golden
 files do not depend on the environment); `ControllerConfig` adds connections, the
-sink, leader election and operations. Nested fields read `MODELPLANE_<FIELD>__<SUB>`,
-e.g. `MODELPLANE_RENDER__RUNTIME=my-runtime`; dict/list fields take JSON.
+sink, leader election and operations. Nested fields read `STOKEHOLD_<FIELD>__<SUB>`,
+e.g. `STOKEHOLD_RENDER__RUNTIME=my-runtime`; dict/list fields take JSON.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ class RenderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    runtime: str = "modelplane-vllm-ray"
-    multinode_runtime: str = "modelplane-vllm-ray-multinode"
+    runtime: str = "stokehold-vllm-ray"
+    multinode_runtime: str = "stokehold-vllm-ray-multinode"
     model_format: str = "vllm"
     gpu_resource: str = "nvidia.com/gpu"
     gpu_node_selector_key: str = "nvidia.com/gpu.product"
@@ -90,19 +90,19 @@ class RenderConfig(BaseModel):
     model_cache_mount: str = "/mnt/model-cache"
     request_timeout_s: int = Field(default=600, ge=30, le=3600)  # Knative's default max-revision-timeout is 600 s
     cold_start: ColdStart = Field(default_factory=ColdStart)
-    template_label_prefix: str = "template.modelplane.ai"
+    template_label_prefix: str = "template.stokehold.dev"
 
 
 class ControllerConfig(BaseSettings):
-    """All settings of `modelplane controller run`; every field is also `MODELPLANE_<FIELD>`."""
+    """All settings of `stokehold controller run`; every field is also `STOKEHOLD_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELPLANE_", env_nested_delimiter="__", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="STOKEHOLD_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
-    nats: NatsOptions = Field(default_factory=NatsOptions)  # its own MODELPLANE_NATS_* variables (URL, credentials, TLS)
+    nats: NatsOptions = Field(default_factory=NatsOptions)  # its own STOKEHOLD_NATS_* variables (URL, credentials, TLS)
     stream: str = STREAM_NAME
     subject_root: str = SUBJECT_ROOT
-    durable: str = "modelplane-controller"
-    source: str = "/modelplane/controller"  # CloudEvents source of the events the controller publishes
+    durable: str = "stokehold-controller"
+    source: str = "/stokehold/controller"  # CloudEvents source of the events the controller publishes
 
     sink: Literal["kube", "dir"] = "kube"
     dir: Path | None = None  # the GitOps directory of the `dir` sink
@@ -114,8 +114,8 @@ class ControllerConfig(BaseSettings):
     render: RenderConfig = Field(default_factory=RenderConfig)
 
     leader_election: bool = False
-    lease_namespace: str = "modelplane-system"
-    lease_name: str = "modelplane-controller"
+    lease_namespace: str = "stokehold-system"
+    lease_name: str = "stokehold-controller"
     identity: str = Field(default_factory=socket.gethostname)
 
     fetch_batch: int = Field(default=1000, ge=1, le=10_000)  # a backlog coalesces into one write per template per batch
@@ -133,7 +133,7 @@ class ControllerConfig(BaseSettings):
     @model_validator(mode="after")
     def _sink_needs(self) -> ControllerConfig:
         if self.sink == "dir" and self.dir is None:
-            raise ValueError("the dir sink needs --dir (MODELPLANE_DIR)")
+            raise ValueError("the dir sink needs --dir (STOKEHOLD_DIR)")
         return self
 
     @property

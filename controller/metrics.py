@@ -10,27 +10,27 @@ class ControllerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events = Counter(
-            "modelplane_controller_events", "Inbound events handled, by type and outcome", ["type", "outcome"], registry=r
+            "stokehold_controller_events", "Inbound events handled, by type and outcome", ["type", "outcome"], registry=r
         )
         self.apply_latency = Histogram(
-            "modelplane_controller_apply_seconds",
+            "stokehold_controller_apply_seconds",
             "Time of one sink write (apply or delete)",
             ["sink", "action"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=r,
         )
         self.sink_errors = Counter(
-            "modelplane_controller_sink_errors", "Sink writes that failed, by kind (transient|permanent)", ["kind"], registry=r
+            "stokehold_controller_sink_errors", "Sink writes that failed, by kind (transient|permanent)", ["kind"], registry=r
         )
-        self.dead_letters = Counter("modelplane_controller_dead_letters", "Events rejected to the dead-letter subject", registry=r)
+        self.dead_letters = Counter("stokehold_controller_dead_letters", "Events rejected to the dead-letter subject", registry=r)
         self.consumer_pending = Gauge(
-            "modelplane_controller_consumer_pending", "Inbound events not yet delivered to the controller (consumer lag)", registry=r
+            "stokehold_controller_consumer_pending", "Inbound events not yet delivered to the controller (consumer lag)", registry=r
         )
         self.status_publish_failures = Counter(
-            "modelplane_controller_status_publish_failures", "Status events the stream did not confirm", registry=r
+            "stokehold_controller_status_publish_failures", "Status events the stream did not confirm", registry=r
         )
-        self.reconnects = Counter("modelplane_controller_nats_reconnects", "Reconnections to NATS", registry=r)
-        self.rebuild_seconds = Gauge("modelplane_controller_rebuild_seconds", "Time of the last state rebuild from the stream", registry=r)
-        self.versions = Gauge("modelplane_controller_template_versions", "Template versions in the desired state", registry=r)
-        self.deployments = Gauge("modelplane_controller_deployments", "Deployments in the desired state", registry=r)
-        self.leader = Gauge("modelplane_controller_leader", "1 while this instance is the leader", registry=r)
+        self.reconnects = Counter("stokehold_controller_nats_reconnects", "Reconnections to NATS", registry=r)
+        self.rebuild_seconds = Gauge("stokehold_controller_rebuild_seconds", "Time of the last state rebuild from the stream", registry=r)
+        self.versions = Gauge("stokehold_controller_template_versions", "Template versions in the desired state", registry=r)
+        self.deployments = Gauge("stokehold_controller_deployments", "Deployments in the desired state", registry=r)
+        self.leader = Gauge("stokehold_controller_leader", "1 while this instance is the leader", registry=r)

@@ -1,4 +1,4 @@
-"""JetStream out: status events (`modelplane.status.<template>.<kind>`) and dead letters.
+"""JetStream out: status events (`stokehold.status.<template>.<kind>`) and dead letters.
 
 Status events are published in the background — each is still confirmed by the stream,
 and a failure is logged and counted — so a burst of writes is not slowed by one round

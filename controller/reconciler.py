@@ -4,7 +4,7 @@ After every event the controller renders every deployment of the affected templa
 from the desired state and compares each object's content hash with a cache of the
 live hashes (filled by `list_managed()` at start and kept current after each write),
 so an unchanged object costs no API call. Objects of the template that are no longer
-desired are deleted; objects that are not labelled as managed by modelplane are never
+desired are deleted; objects that are not labelled as managed by stokehold are never
 touched (the sinks refuse them).
 """
 

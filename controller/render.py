@@ -37,8 +37,8 @@ from templates.schema import ModelTemplateVersion, Scaling, errors_from
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
-VERSION_HASH_ANNOTATION = "modelplane.ai/version-hash"
-SERVED_MODEL_ANNOTATION = "modelplane.ai/served-model-name"
+VERSION_HASH_ANNOTATION = "stokehold.dev/version-hash"
+SERVED_MODEL_ANNOTATION = "stokehold.dev/served-model-name"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
 RETENTION_ANNOTATION = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"

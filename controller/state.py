@@ -42,7 +42,7 @@ from templates.registry import AddOutcome, ImmutableVersionError, VersionRegistr
 from templates.schema import ModelTemplateVersion, errors_from
 
 # The cluster's own namespaces and the controller's: no event ever puts a model there.
-DEFAULT_RESERVED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "modelplane-system")
+DEFAULT_RESERVED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "stokehold-system")
 
 DeploymentKey = tuple[str, str]  # (namespace, name)
 NO_OVERRIDES = DeploymentOverrides()  # what every deployment without overrides shares: renders check for it first
@@ -198,7 +198,7 @@ class DesiredState:
     def _request(self, data: DeploymentRequested, event: InboundEvent) -> Reduction:
         key = data.key
         if data.namespace in self.reserved_namespaces:
-            raise Rejected(f"namespace {data.namespace!r} is reserved (the cluster's or modelplane's own): models never run there")
+            raise Rejected(f"namespace {data.namespace!r} is reserved (the cluster's or stokehold's own): models never run there")
         if self.allowed_namespaces is not None and data.namespace not in self.allowed_namespaces:
             raise Rejected(f"namespace {data.namespace!r} is not one the controller manages ({', '.join(sorted(self.allowed_namespaces))})")
         if self.versions.latest(data.template) is None:

@@ -1,4 +1,4 @@
-"""From a live InferenceService to the status events modelplane publishes (pure: no I/O).
+"""From a live InferenceService to the status events stokehold publishes (pure: no I/O).
 
     no status yet                                   → REQUESTED
     not ready yet (Pending/Loading, Ready Unknown,  → LOADING

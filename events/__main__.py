@@ -1,4 +1,4 @@
-"""`python -m events` is the `modelplane` command."""
+"""`python -m events` is the `stokehold` command."""
 
 from events.cli import main
 

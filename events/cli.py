@@ -1,17 +1,17 @@
-"""The `modelplane` command (also the kubectl plugin `kubectl-modelplane`).
+"""The `stokehold` command (also the kubectl plugin `kubectl-stokehold`).
 
-    modelplane publish TEMPLATE.yaml...           validate, then publish template versions
-    modelplane deploy NAME[@VERSION] -n NS        the one-click deploy (latest version unless @VERSION)
-    modelplane undeploy | stop | resume NAME -n NS
-    modelplane unpublish NAME@VERSION
-    modelplane events tail | replay               follow status events / read the stream from the start
-    modelplane stream provision | info
-    modelplane status                             the last known state of each deployment
-    modelplane templates ...                      the catalog, offline (templates/cli.py)
-    modelplane models | runtime | controller ...  mounted when those components are installed
+    stokehold publish TEMPLATE.yaml...           validate, then publish template versions
+    stokehold deploy NAME[@VERSION] -n NS        the one-click deploy (latest version unless @VERSION)
+    stokehold undeploy | stop | resume NAME -n NS
+    stokehold unpublish NAME@VERSION
+    stokehold events tail | replay               follow status events / read the stream from the start
+    stokehold stream provision | info
+    stokehold status                             the last known state of each deployment
+    stokehold templates ...                      the catalog, offline (templates/cli.py)
+    stokehold models | runtime | controller ...  mounted when those components are installed
 
-NATS connection flags go before the command (`modelplane --nats-url … deploy …`) or come
-from `MODELPLANE_NATS_*` variables. Every failure is one line on stderr and exit status 1.
+NATS connection flags go before the command (`stokehold --nats-url … deploy …`) or come
+from `STOKEHOLD_NATS_*` variables. Every failure is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
 
 app = typer.Typer(
-    name="modelplane",
+    name="stokehold",
     help="Event-driven serving of open LLMs: publish templates, deploy them, follow their status.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-events_app = typer.Typer(help="Follow or replay modelplane events.", no_args_is_help=True)
+events_app = typer.Typer(help="Follow or replay stokehold events.", no_args_is_help=True)
 stream_app = typer.Typer(help="The JetStream stream that stores the events.", no_args_is_help=True)
 app.add_typer(templates_app, name="templates")
 app.add_typer(events_app, name="events")
@@ -115,25 +115,25 @@ def _version(value: bool) -> None:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            console.print(f"modelplane {version('modelplane')}")
+            console.print(f"stokehold {version('stokehold')}")
         except PackageNotFoundError:
-            console.print("modelplane (not installed)")
+            console.print("stokehold (not installed)")
         raise typer.Exit()
 
 
 @app.callback()
 def root(
     ctx: typer.Context,
-    nats_url: Annotated[str | None, typer.Option("--nats-url", help="NATS server URLs, comma-separated [MODELPLANE_NATS_URL]")] = None,
-    nats_user: Annotated[str | None, typer.Option("--nats-user", help="[MODELPLANE_NATS_USER]")] = None,
-    nats_password: Annotated[str | None, typer.Option("--nats-password", help="[MODELPLANE_NATS_PASSWORD]")] = None,
-    nats_token: Annotated[str | None, typer.Option("--nats-token", help="[MODELPLANE_NATS_TOKEN]")] = None,
-    nats_creds: Annotated[Path | None, typer.Option("--nats-creds", help="NKEYS/JWT credentials file [MODELPLANE_NATS_CREDS]")] = None,
-    tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA bundle [MODELPLANE_NATS_TLS_CA]")] = None,
-    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="client certificate [MODELPLANE_NATS_TLS_CERT]")] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="client key [MODELPLANE_NATS_TLS_KEY]")] = None,
+    nats_url: Annotated[str | None, typer.Option("--nats-url", help="NATS server URLs, comma-separated [STOKEHOLD_NATS_URL]")] = None,
+    nats_user: Annotated[str | None, typer.Option("--nats-user", help="[STOKEHOLD_NATS_USER]")] = None,
+    nats_password: Annotated[str | None, typer.Option("--nats-password", help="[STOKEHOLD_NATS_PASSWORD]")] = None,
+    nats_token: Annotated[str | None, typer.Option("--nats-token", help="[STOKEHOLD_NATS_TOKEN]")] = None,
+    nats_creds: Annotated[Path | None, typer.Option("--nats-creds", help="NKEYS/JWT credentials file [STOKEHOLD_NATS_CREDS]")] = None,
+    tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA bundle [STOKEHOLD_NATS_TLS_CA]")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="client certificate [STOKEHOLD_NATS_TLS_CERT]")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="client key [STOKEHOLD_NATS_TLS_KEY]")] = None,
     inbox_prefix: Annotated[
-        str | None, typer.Option("--nats-inbox-prefix", help="this publisher's reply inbox prefix [MODELPLANE_NATS_INBOX_PREFIX]")
+        str | None, typer.Option("--nats-inbox-prefix", help="this publisher's reply inbox prefix [STOKEHOLD_NATS_INBOX_PREFIX]")
     ] = None,
     connect_timeout: Annotated[float, typer.Option("--connect-timeout", min=0.1, help="seconds per connection attempt")] = 5.0,
     connect_attempts: Annotated[int, typer.Option("--connect-attempts", min=1, help="attempts per server before giving up")] = 2,
@@ -365,7 +365,7 @@ def events_tail(
 @events_app.command("replay")
 def events_replay(
     ctx: typer.Context,
-    subject: Annotated[str | None, typer.Option("--subject", help="subject filter, e.g. modelplane.templates.gemma-7b-it.>")] = None,
+    subject: Annotated[str | None, typer.Option("--subject", help="subject filter, e.g. stokehold.templates.gemma-7b-it.>")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="at most this many events")] = None,
     types: TypeFilter = None,
     as_json: JsonFlag = False,
@@ -480,7 +480,7 @@ def stream_info(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         try:
             return await client.jetstream().stream_info(STREAM_NAME)
         except NotFoundError:
-            fail(f"stream {STREAM_NAME} does not exist: run `modelplane stream provision`")
+            fail(f"stream {STREAM_NAME} does not exist: run `stokehold stream provision`")
         finally:
             await client.close()
 
@@ -511,7 +511,7 @@ def stream_info(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 # ------------------------------------------------------- other components' apps
 
-# Sub-apps of other components, imported only when called so that `modelplane deploy`
+# Sub-apps of other components, imported only when called so that `stokehold deploy`
 # never pays for importing vLLM. Missing components are simply not offered.
 OPTIONAL_APPS = (
     ("models", "runtimes.cli", "app", "Build and inspect models for the runtime."),
@@ -532,7 +532,7 @@ def _delegate(command_name: str, module: str, attribute: str) -> Callable[[typer
         try:
             sub_app = getattr(importlib.import_module(module), attribute)
         except (ImportError, AttributeError) as exc:
-            fail(f"`modelplane {command_name}` is not available here: {exc}")
+            fail(f"`stokehold {command_name}` is not available here: {exc}")
         command = typer.main.get_command(sub_app)
         command.main(args=ctx.args, prog_name=f"{ctx.find_root().info_name} {command_name}", standalone_mode=True)
 

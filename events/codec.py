@@ -75,7 +75,7 @@ _HEADER_SAFE: Final = re.compile(r"[\x21\x23\x24\x26-\x7e]*")
 
 
 class EventDecodeError(ValueError):
-    """A NATS message is not a valid modelplane CloudEvent. The one error `decode` raises.
+    """A NATS message is not a valid stokehold CloudEvent. The one error `decode` raises.
 
     `event_id` and `event_type` are filled in when the message got far enough to say them,
     so a dead letter can name the event; `errors` lists (field path, message) pairs when
@@ -107,7 +107,7 @@ class EventDataError(ValueError):
 
 
 class DecodedEvent(NamedTuple):  # one per consumed message: a tuple is the cheapest immutable record to build
-    """A validated modelplane CloudEvent."""
+    """A validated stokehold CloudEvent."""
 
     id: str
     kind: EventKind
@@ -233,7 +233,7 @@ def encode(
     """NATS headers (with `Nats-Msg-Id`) and payload for one event.
 
     `subject_template` is the CloudEvent `subject`; it defaults to the template the data
-    names. The version's content hash (or a status event's) goes into `modelplanehash`.
+    names. The version's content hash (or a status event's) goes into `stokeholdhash`.
     Raises `EventDataError` for invalid data, id, source or time.
     """
     model = validate_data(kind, data)  # an instance of the kind's model passes through: the publisher validates once
@@ -280,7 +280,7 @@ def encode(
 # fixed literals) in front: the content hash (templates.schema.content_hash: template,
 # version and spec, compact, in declaration order) is the rest of those same bytes, so
 # publishing a version serialises it once instead of twice.
-_VERSION_PAYLOAD_PREFIX: Final = b'{"apiVersion":"modelplane.ai/v1alpha1","kind":"ModelTemplateVersion",'
+_VERSION_PAYLOAD_PREFIX: Final = b'{"apiVersion":"stokehold.dev/v1alpha1","kind":"ModelTemplateVersion",'
 
 
 def _version_hash(version: TemplateVersionPublished, body: bytes) -> str:

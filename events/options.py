@@ -1,9 +1,9 @@
-"""How to reach NATS: one settings model, read from flags or `MODELPLANE_NATS_*` variables.
+"""How to reach NATS: one settings model, read from flags or `STOKEHOLD_NATS_*` variables.
 
-    MODELPLANE_NATS_URL        comma-separated server URLs (nats://, tls://, ws://, wss://)
-    MODELPLANE_NATS_USER / _PASSWORD, MODELPLANE_NATS_TOKEN
-    MODELPLANE_NATS_CREDS      credentials file (NKEYS/JWT, as made by `nsc`)
-    MODELPLANE_NATS_TLS_CA / _TLS_CERT / _TLS_KEY
+    STOKEHOLD_NATS_URL        comma-separated server URLs (nats://, tls://, ws://, wss://)
+    STOKEHOLD_NATS_USER / _PASSWORD, STOKEHOLD_NATS_TOKEN
+    STOKEHOLD_NATS_CREDS      credentials file (NKEYS/JWT, as made by `nsc`)
+    STOKEHOLD_NATS_TLS_CA / _TLS_CERT / _TLS_KEY
 
 The controller and the CLI both connect through `NatsOptions.connect()`, which turns every
 way a first connection can fail into one `NatsConnectError` with a one-line message.
@@ -38,9 +38,9 @@ class _GiveUp(Exception):
 
 
 class NatsOptions(BaseSettings):
-    """Connection options; flags (init arguments) win over `MODELPLANE_NATS_*` variables."""
+    """Connection options; flags (init arguments) win over `STOKEHOLD_NATS_*` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELPLANE_NATS_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="STOKEHOLD_NATS_", extra="forbid", frozen=True)
 
     url: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_URL], min_length=1)
     user: str | None = None
@@ -50,7 +50,7 @@ class NatsOptions(BaseSettings):
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    name: str = "modelplane"
+    name: str = "stokehold"
     # Where JetStream sends this client's acks and fetched messages. With subject permissions, give
     # every publisher its own prefix (e.g. `_INBOX_team_a`) so that none needs `_INBOX.>`, which
     # would let it read the replies of every other client (docs/security.md).

@@ -1,4 +1,4 @@
-"""Publish modelplane events to JetStream: validated first, then sent and acknowledged.
+"""Publish stokehold events to JetStream: validated first, then sent and acknowledged.
 
     async with await Publisher.connect(NatsOptions()) as publisher:
         await publisher.publish_version(version)
@@ -100,7 +100,7 @@ class Publisher:
         try:
             reply = await self.client.request(subject, payload, timeout=self.ack_timeout, headers=headers)
         except nats.errors.NoRespondersError:
-            raise PublishError(f"no JetStream stream stores {subject}: run `modelplane stream provision` first") from None
+            raise PublishError(f"no JetStream stream stores {subject}: run `stokehold stream provision` first") from None
         except (TimeoutError, nats.errors.TimeoutError):
             raise PublishError(f"JetStream did not acknowledge the event on {subject} in time") from None
         except nats.errors.Error as exc:

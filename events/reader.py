@@ -47,7 +47,7 @@ def received(msg: Msg) -> ReceivedEvent:
 
 
 def status_subjects(root: str = SUBJECT_ROOT, *, inbound: bool = False) -> list[str]:
-    """What `modelplane events tail` follows: status events and dead letters (and inbound events)."""
+    """What `stokehold events tail` follows: status events and dead letters (and inbound events)."""
     subjects = [status_filter(root), deadletter_subject(">", root)]
     return [*subjects, inbound_filter(root)] if inbound else subjects
 

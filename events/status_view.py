@@ -1,6 +1,6 @@
 """The latest known state of each deployment, folded from its status events (pure, no I/O).
 
-`modelplane status` (also `kubectl modelplane status`) replays the status subjects and
+`stokehold status` (also `kubectl stokehold status`) replays the status subjects and
 shows one row per deployment from this fold.
 """
 

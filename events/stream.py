@@ -1,6 +1,6 @@
-"""The JetStream stream that holds every modelplane event, provisioned idempotently.
+"""The JetStream stream that holds every stokehold event, provisioned idempotently.
 
-One stream, `MODELPLANE`, on file storage with limits-based retention: inbound events on
+One stream, `STOKEHOLD`, on file storage with limits-based retention: inbound events on
 one subject per template (so JetStream keeps them in order per template), status events
 and dead letters on their own subjects. The duplicate window makes a republished event
 (same CloudEvent id = same `Nats-Msg-Id`) a no-op.
@@ -75,7 +75,7 @@ class StreamSettings(BaseModel):
     def config(self) -> StreamConfig:
         return StreamConfig(
             name=self.name,
-            description="modelplane events: templates, deployments, status, dead letters",
+            description="stokehold events: templates, deployments, status, dead letters",
             subjects=self.subjects,
             retention=RetentionPolicy.LIMITS,
             storage=self.storage,

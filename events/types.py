@@ -3,10 +3,10 @@
 Inbound events (users → controller) live on one subject per template, so that
 JetStream keeps them in order per template:
 
-    modelplane.templates.<template>.<kind>        e.g. modelplane.templates.gemma-7b-it.version.published
+    stokehold.templates.<template>.<kind>        e.g. stokehold.templates.gemma-7b-it.version.published
 
-Outbound status events go to `modelplane.status.<template>.<kind>` and rejected
-events to `modelplane.deadletter.<template or _>`.
+Outbound status events go to `stokehold.status.<template>.<kind>` and rejected
+events to `stokehold.deadletter.<template or _>`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from templates.schema import DURATION_RE, DnsLabel, ModelTemplateVersion, Scaling, check_dns_label
 
-TYPE_PREFIX = "ai.modelplane."
-SUBJECT_ROOT = "modelplane"
-STREAM_NAME = "MODELPLANE"
-SOURCE_DEFAULT = "/modelplane/cli"
-HASH_EXTENSION = "modelplanehash"  # CloudEvents extension names: lower-case alphanumerics only
+TYPE_PREFIX = "dev.stokehold."
+SUBJECT_ROOT = "stokehold"
+STREAM_NAME = "STOKEHOLD"
+SOURCE_DEFAULT = "/stokehold/cli"
+HASH_EXTENSION = "stokeholdhash"  # CloudEvents extension names: lower-case alphanumerics only
 
 
 class EventKind(enum.StrEnum):

@@ -1,1 +1,1 @@
-"""The modelplane serving runtime: a launcher around vLLM's OpenAI server, with Ray for multi-GPU."""
+"""The stokehold serving runtime: a launcher around vLLM's OpenAI server, with Ray for multi-GPU."""

@@ -1,4 +1,4 @@
-"""`modelplane models …` (build the tiny model) and `modelplane runtime head|worker …` (the launcher)."""
+"""`stokehold models …` (build the tiny model) and `stokehold runtime head|worker …` (the launcher)."""
 
 from __future__ import annotations
 

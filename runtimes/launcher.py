@@ -23,7 +23,7 @@ from runtimes.plan import ENV_GPUS, ENV_HEAD_SVC, MODEL_FLAGS, LaunchPlan, PlanE
 from runtimes.ray_cluster import RayClusterError
 from runtimes.settings import RuntimeConfigError, RuntimeSettings
 
-logger = logging.getLogger("modelplane.runtime")
+logger = logging.getLogger("stokehold.runtime")
 
 DEFAULT_PORT = 8080  # KServe's container port
 DEFAULT_RAY_WAIT_SECONDS = 600.0
@@ -34,7 +34,7 @@ KV_CACHE_FLAGS = ("--kv-cache-memory-bytes",)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelplane-runtime", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="stokehold-runtime", description=__doc__.splitlines()[0], allow_abbrev=False)
     roles = parser.add_subparsers(dest="role", required=True)
     head = roles.add_parser("head", help="serve the model (vLLM's OpenAI server); remaining arguments go to vLLM", allow_abbrev=False)
     head.add_argument(
@@ -55,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _configure_logging() -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [modelplane] %(message)s", datefmt="%m-%d %H:%M:%S"))
-    root = logging.getLogger("modelplane")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [stokehold] %(message)s", datefmt="%m-%d %H:%M:%S"))
+    root = logging.getLogger("stokehold")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
@@ -84,7 +84,7 @@ def _parse_vllm_args(argv: Sequence[str]) -> argparse.Namespace:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     cli_env_setup()  # type: ignore[no-untyped-call]
-    parser = make_arg_parser(FlexibleArgumentParser(prog="modelplane runtime head", description="vLLM arguments"))  # type: ignore[no-untyped-call]
+    parser = make_arg_parser(FlexibleArgumentParser(prog="stokehold runtime head", description="vLLM arguments"))  # type: ignore[no-untyped-call]
     args: argparse.Namespace = parser.parse_args(list(argv))
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
@@ -170,10 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_worker(options)
         return run_head(options, rest)
     except (PlanError, RuntimeConfigError) as exc:
-        print(f"modelplane runtime: error: {exc}", file=sys.stderr)
+        print(f"stokehold runtime: error: {exc}", file=sys.stderr)
         return 2
     except RayClusterError as exc:
-        print(f"modelplane runtime: error: {exc}", file=sys.stderr)
+        print(f"stokehold runtime: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         logger.info("stopped while starting")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-PREFIX = "modelplane_runtime"
+PREFIX = "stokehold_runtime"
 
 
 class RuntimeMetrics:

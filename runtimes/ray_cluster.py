@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-logger = logging.getLogger("modelplane.runtime")
+logger = logging.getLogger("stokehold.runtime")
 
 RAY_PORT = 6379
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}

@@ -81,7 +81,7 @@ def engine_probe(engine_client: object, task: str) -> ProbeFn:
 
         params = SamplingParams(max_tokens=1, temperature=0.0)
         produced = 0
-        async for output in engine_client.generate(PROBE_PROMPT, params, f"modelplane-ready-{uuid.uuid4().hex}"):  # type: ignore[attr-defined]
+        async for output in engine_client.generate(PROBE_PROMPT, params, f"stokehold-ready-{uuid.uuid4().hex}"):  # type: ignore[attr-defined]
             produced = max(produced, *(len(c.token_ids) for c in output.outputs), 0)
         if produced < 1:
             raise RuntimeError("the engine finished the probe without a token")
@@ -92,7 +92,7 @@ def engine_probe(engine_client: object, task: str) -> ProbeFn:
 
         params = PoolingParams(task="embed")
         outputs = 0
-        async for output in engine_client.encode(PROBE_PROMPT, params, f"modelplane-ready-{uuid.uuid4().hex}"):  # type: ignore[attr-defined]
+        async for output in engine_client.encode(PROBE_PROMPT, params, f"stokehold-ready-{uuid.uuid4().hex}"):  # type: ignore[attr-defined]
             if output.outputs is not None:
                 outputs += 1
         if outputs < 1:

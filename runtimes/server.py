@@ -26,7 +26,7 @@ from runtimes.metrics import RuntimeMetrics
 from runtimes.readiness import ReadinessProbe, engine_probe
 from runtimes.settings import RuntimeSettings
 
-logger = logging.getLogger("modelplane.runtime")
+logger = logging.getLogger("stokehold.runtime")
 # after the drain, uvicorn only closes idle keep-alive connections
 SHUTDOWN_SECONDS_AFTER_DRAIN = 2
 

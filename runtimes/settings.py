@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from runtimes.engine_args import ENV_API_KEY, ENV_GENERATION_DEFAULTS, ENV_MAX_CONCURRENCY, ENV_TASK
 from templates.schema import GenerationDefaults, errors_from
 
-ENV_DRAIN_SECONDS = "MODELPLANE_DRAIN_SECONDS"
-ENV_READY_CACHE_SECONDS = "MODELPLANE_READY_CACHE_SECONDS"
+ENV_DRAIN_SECONDS = "STOKEHOLD_DRAIN_SECONDS"
+ENV_READY_CACHE_SECONDS = "STOKEHOLD_READY_CACHE_SECONDS"
 DEFAULT_DRAIN_SECONDS = 30.0
 DEFAULT_READY_CACHE_SECONDS = 5.0
 
@@ -37,7 +37,7 @@ class RuntimeSettings(BaseModel):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RuntimeSettings:
-        """Settings from `MODELPLANE_*` variables; raises `RuntimeConfigError` naming the bad one."""
+        """Settings from `STOKEHOLD_*` variables; raises `RuntimeConfigError` naming the bad one."""
         values: dict[str, object] = {}
         sources = {
             "task": ENV_TASK,

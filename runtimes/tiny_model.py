@@ -35,7 +35,7 @@ CHAT_TEMPLATE = (
 )
 
 TRAINING_TEXT = (
-    "Hello from modelplane, the event driven way to run open language models on Kubernetes.",
+    "Hello from stokehold, the event driven way to run open language models on Kubernetes.",
     "Templates are published as events, and the controller turns them into inference services.",
     "The runtime serves the OpenAI API with vLLM, and scales to zero when nobody is asking.",
     "A tiny model answers quickly: one, two, three, four, five, six, seven, eight, nine, ten.",
@@ -115,7 +115,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = DEFAULT_SEED) -> Path:
     _save_model(vocab_size, token_ids, seed, out)
     (out / "README.md").write_text(
         f"# tiny-demo\n\nRandom-weight Llama ({NUM_LAYERS} layers, hidden {HIDDEN_SIZE}, head_dim {HEAD_DIM}, "
-        f"vocabulary {vocab_size}) built by `modelplane models build-tiny` with seed {seed}. It generates noise.\n"
+        f"vocabulary {vocab_size}) built by `stokehold models build-tiny` with seed {seed}. It generates noise.\n"
     )
     return out
 

@@ -1,9 +1,9 @@
-"""`modelplane templates …`: the catalog and template files, offline (nothing is published here).
+"""`stokehold templates …`: the catalog and template files, offline (nothing is published here).
 
-modelplane templates list                    the built-in catalog (or --catalog DIR)
-modelplane templates show NAME[@VERSION]     one version as YAML (or --json)
-modelplane templates validate PATH...        exit 1 with field-named errors
-modelplane templates from-hf ORG/MODEL       a new template from a Hugging Face ID
+stokehold templates list                    the built-in catalog (or --catalog DIR)
+stokehold templates show NAME[@VERSION]     one version as YAML (or --json)
+stokehold templates validate PATH...        exit 1 with field-named errors
+stokehold templates from-hf ORG/MODEL       a new template from a Hugging Face ID
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from pydantic import (
 
 from templates.naming import DNS1123_LABEL_RE, is_dns1123_label, k8s_name
 
-API_VERSION = "modelplane.ai/v1alpha1"
+API_VERSION = "stokehold.dev/v1alpha1"
 DEFAULT_KEEP_HOT = "10m"
 ALWAYS_HOT_PRIORITY = 2
 
@@ -473,7 +473,7 @@ def _label_key_problem(key: str) -> str | None:
         return "has an invalid prefix"
     if not name or len(name) > 63 or not LABEL_KEY_NAME_RE.match(name):
         return "is not a valid Kubernetes label key"
-    if prefix.endswith("modelplane.ai") or prefix.startswith("kubernetes.io") or prefix.endswith(".kubernetes.io"):
+    if prefix.endswith("stokehold.dev") or prefix.startswith("kubernetes.io") or prefix.endswith(".kubernetes.io"):
         return "uses a reserved prefix"
     return None
 
@@ -481,7 +481,7 @@ def _label_key_problem(key: str) -> str | None:
 class ModelTemplateVersion(_Strict):
     """One immutable version of a template: the unit that is published and served."""
 
-    api_version: Literal["modelplane.ai/v1alpha1"] = Field(default="modelplane.ai/v1alpha1", alias="apiVersion")
+    api_version: Literal["stokehold.dev/v1alpha1"] = Field(default="stokehold.dev/v1alpha1", alias="apiVersion")
     kind: Literal["ModelTemplateVersion"] = "ModelTemplateVersion"
     template: ModelTemplate
     version: int = Field(ge=1, le=1_000_000)

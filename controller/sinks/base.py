@@ -6,11 +6,11 @@ import enum
 from typing import Any, Protocol
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY_VALUE = "modelplane"
-TEMPLATE_LABEL = "modelplane.ai/template"
-VERSION_LABEL = "modelplane.ai/version"
-HASH_ANNOTATION = "modelplane.ai/content-hash"
-SOURCE_EVENT_ANNOTATION = "modelplane.ai/source-event-id"
+MANAGED_BY_VALUE = "stokehold"
+TEMPLATE_LABEL = "stokehold.dev/template"
+VERSION_LABEL = "stokehold.dev/version"
+HASH_ANNOTATION = "stokehold.dev/content-hash"
+SOURCE_EVENT_ANNOTATION = "stokehold.dev/source-event-id"
 STOP_ANNOTATION = "serving.kserve.io/stop"
 
 Object = dict[str, Any]
@@ -43,7 +43,7 @@ class PermanentSinkError(SinkError):
 
 
 class NotManagedError(PermanentSinkError):
-    """An object of that name exists but is not labelled as managed by modelplane: never touch it."""
+    """An object of that name exists but is not labelled as managed by stokehold: never touch it."""
 
 
 class Sink(Protocol):
@@ -58,7 +58,7 @@ class Sink(Protocol):
     async def get(self, namespace: str, name: str) -> Object | None: ...
 
     async def list_managed(self) -> list[Object]:
-        """Every object labelled managed-by=modelplane (all namespaces the sink covers)."""
+        """Every object labelled managed-by=stokehold (all namespaces the sink covers)."""
         ...
 
     async def close(self) -> None: ...

@@ -3,7 +3,7 @@
 Files have sorted keys and are replaced atomically (temporary file in the same
 directory, fsync, rename), so a reader — or `git add` — never sees half a file. A
 file whose content hash matches is left alone; a file that is not labelled as managed
-by modelplane (or cannot be read as one) is never overwritten or removed.
+by stokehold (or cannot be read as one) is never overwritten or removed.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class DirSink:
 
     async def apply(self, isvc: Object) -> ApplyAction:
         if not is_managed(isvc):
-            raise PermanentSinkError("refusing to write an object that is not labelled as managed by modelplane")
+            raise PermanentSinkError("refusing to write an object that is not labelled as managed by stokehold")
         metadata = isvc.get("metadata") or {}
         path = self.path_of(str(metadata.get("namespace", "")), str(metadata.get("name", "")))
         return await asyncio.to_thread(self._apply, path, isvc)
@@ -60,7 +60,7 @@ class DirSink:
         existing = self._read(path)
         if existing is not None:
             if not is_managed(existing):
-                raise NotManagedError(f"{path} exists and is not managed by modelplane")
+                raise NotManagedError(f"{path} exists and is not managed by stokehold")
             if content_hash_of(existing) == content_hash_of(isvc):
                 return ApplyAction.UNCHANGED
         self._write(path, to_yaml(isvc))
@@ -75,7 +75,7 @@ class DirSink:
         if existing is None:
             return False
         if not is_managed(existing):
-            raise NotManagedError(f"{path} is not managed by modelplane")
+            raise NotManagedError(f"{path} is not managed by stokehold")
         with _errors(path):
             path.unlink(missing_ok=True)
         return True
@@ -118,7 +118,7 @@ class DirSink:
         except yaml.YAMLError:
             obj = None
         if not isinstance(obj, dict):
-            raise NotManagedError(f"{path} is not a YAML object written by modelplane")
+            raise NotManagedError(f"{path} is not a YAML object written by stokehold")
         return obj
 
     def _write(self, path: Path, text: str) -> None:

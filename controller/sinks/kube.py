@@ -21,8 +21,8 @@ the usual way below, so nothing of theirs is overwritten and nothing foreign is 
 write whose content hash matches what it remembers is still checked against a fresh read.
 
 Metadata that others add (labels, annotations, finalizers, owner references) and the
-status survive a replace: only the label/annotation keys modelplane wrote last time
-(recorded in the `modelplane.ai/applied-keys` annotation) are ours to change or drop.
+status survive a replace: only the label/annotation keys stokehold wrote last time
+(recorded in the `stokehold.dev/applied-keys` annotation) are ours to change or drop.
 
 An object the sink has not seen yet is created straight away (one request); creation never
 overwrites, so if it existed after all (409 AlreadyExists) the sink reads it and carries on
@@ -61,7 +61,7 @@ from controller.sinks.base import (
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"
 PLURAL = "inferenceservices"
-APPLIED_KEYS_ANNOTATION = "modelplane.ai/applied-keys"
+APPLIED_KEYS_ANNOTATION = "stokehold.dev/applied-keys"
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 LIST_PAGE_SIZE = 500
 # Retrying these cannot help: the request itself is wrong or not allowed.
@@ -72,7 +72,7 @@ PERMANENT_STATUSES = frozenset({400, 403, 405, 406, 413, 415, 422})
 
 
 def applied_keys(obj: Object) -> tuple[set[str], set[str]]:
-    """The label and annotation keys modelplane wrote to this object last time."""
+    """The label and annotation keys stokehold wrote to this object last time."""
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     raw = annotations.get(APPLIED_KEYS_ANNOTATION)
     if not raw:
@@ -310,7 +310,7 @@ class KubeSink:
 
     async def apply(self, isvc: Object) -> ApplyAction:
         if not is_managed(isvc):
-            raise PermanentSinkError("refusing to write an object that is not labelled as managed by modelplane")
+            raise PermanentSinkError("refusing to write an object that is not labelled as managed by stokehold")
         metadata = isvc.get("metadata") or {}
         namespace, name = str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
         self._check_namespace(namespace)
@@ -344,7 +344,7 @@ class KubeSink:
         if live is None:
             return False
         if not is_managed(live):
-            raise NotManagedError(f"InferenceService {namespace}/{name} is not managed by modelplane: not deleting it")
+            raise NotManagedError(f"InferenceService {namespace}/{name} is not managed by stokehold: not deleting it")
         # The uid precondition makes sure we delete the object we just checked, not a successor of the same name.
         options = V1DeleteOptions(preconditions=V1Preconditions(uid=live["metadata"].get("uid")), propagation_policy="Background")
         deleted = await self._call(

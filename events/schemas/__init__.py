@@ -1,7 +1,7 @@
 """JSON Schemas of every event's data, generated from the pydantic models.
 
 `python -m events.schemas` (or `make schemas`) writes one file per event type, named after
-the CloudEvents type, e.g. `ai.modelplane.deployment.requested.json`; `--check` only
+the CloudEvents type, e.g. `dev.stokehold.deployment.requested.json`; `--check` only
 reports drift (exit status 1). A test fails when the committed files differ from the models.
 """
 
@@ -15,7 +15,7 @@ from events.types import DATA_MODELS, EventKind
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-SCHEMA_BASE_URI = "https://modelplane.ai/schemas/events/"
+SCHEMA_BASE_URI = "https://stokehold.dev/schemas/events/"
 
 
 def file_name(kind: EventKind) -> str:
@@ -48,13 +48,13 @@ def drift(directory: Path = SCHEMA_DIR) -> list[str]:
     """File names whose committed content differs from the models (missing or stale), plus strays."""
     wanted = generate()
     stale = [name for name, text in wanted.items() if not (directory / name).is_file() or (directory / name).read_text("utf-8") != text]
-    strays = [path.name for path in directory.glob("ai.modelplane.*.json") if path.name not in wanted]
+    strays = [path.name for path in directory.glob("dev.stokehold.*.json") if path.name not in wanted]
     return sorted(stale + strays)
 
 
 def write(directory: Path = SCHEMA_DIR) -> list[Path]:
     wanted = generate()
-    for stray in directory.glob("ai.modelplane.*.json"):
+    for stray in directory.glob("dev.stokehold.*.json"):
         if stray.name not in wanted:
             stray.unlink()
     paths = []

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# modelplane end to end on a local kind cluster (`make e2e-kind`).
+# stokehold end to end on a local kind cluster (`make e2e-kind`).
 #
 # Creates a kind cluster, installs cert-manager, Knative Serving (+ Kourier), KServe and a
 # NATS server at pinned versions, builds and loads the controller and CPU runtime images,
-# installs modelplane with `kubectl apply -k`, publishes and deploys the `tiny-demo`
+# installs stokehold with `kubectl apply -k`, publishes and deploys the `tiny-demo`
 # template, waits until it is Ready, calls it with the openai SDK, waits until Knative has
 # scaled it to zero, calls it again and reports the cold-start time. Deletes the cluster at
 # the end (KEEP_CLUSTER=1 keeps it).
 #
 # Needs: docker (a running engine), kind, kubectl, and the project's virtualenv (`make venv`)
-# for the modelplane CLI and the openai SDK. CI does not run this script (no Docker engine
+# for the stokehold CLI and the openai SDK. CI does not run this script (no Docker engine
 # there); it runs `DRY_RUN=1` (`make e2e-kind-plan`), which prints the numbered plan of every
 # command without running anything, and shellcheck.
 set -euo pipefail
@@ -28,8 +28,8 @@ KSERVE_VERSION=${KSERVE_VERSION:-v0.16.0}
 # ---- settings ----
 DRY_RUN=${DRY_RUN:-0}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
-CLUSTER=${CLUSTER:-modelplane-e2e}
-NAMESPACE=${NAMESPACE:-modelplane-e2e}
+CLUSTER=${CLUSTER:-stokehold-e2e}
+NAMESPACE=${NAMESPACE:-stokehold-e2e}
 TEMPLATE=${TEMPLATE:-tiny-demo}
 KEEP_HOT=${KEEP_HOT:-30s}
 READY_TIMEOUT=${READY_TIMEOUT:-15m}
@@ -39,11 +39,11 @@ GATEWAY_LOCAL_PORT=${GATEWAY_LOCAL_PORT:-18080}
 # must match the image names in manifests/e2e/overlay/kustomization.yaml; Knative resolves image
 # tags through their registry except for dev.local/ (config-deployment registries-skipping-tag-resolving),
 # which is how an image loaded into kind can serve
-CONTROLLER_IMAGE=dev.local/modelplane-controller:e2e
-RUNTIME_IMAGE=dev.local/modelplane-runtime-cpu:e2e
+CONTROLLER_IMAGE=dev.local/stokehold-controller:e2e
+RUNTIME_IMAGE=dev.local/stokehold-runtime-cpu:e2e
 VENV_BIN=${VENV_BIN:-$REPO_ROOT/.venv/bin}
 PYTHON=${PYTHON:-$VENV_BIN/python}
-MODELPLANE=${MODELPLANE:-$VENV_BIN/modelplane}
+STOKEHOLD=${STOKEHOLD:-$VENV_BIN/stokehold}
 
 STEP=0
 CLUSTER_CREATED=0
@@ -174,7 +174,7 @@ diagnose() {
   echo "--- diagnostics ---" >&2
   kubectl get inferenceservices,ksvc,pods -A -o wide >&2 || true
   kubectl describe inferenceservice "$TEMPLATE" -n "$NAMESPACE" >&2 || true
-  kubectl logs -n modelplane-system -l app.kubernetes.io/name=modelplane-controller --tail=100 --prefix >&2 || true
+  kubectl logs -n stokehold-system -l app.kubernetes.io/name=stokehold-controller --tail=100 --prefix >&2 || true
 }
 
 cleanup() {
@@ -201,12 +201,12 @@ cleanup() {
 # ---- the plan ----
 
 if dry; then
-  echo "modelplane kind end-to-end: plan (DRY_RUN=1, nothing is run)"
+  echo "stokehold kind end-to-end: plan (DRY_RUN=1, nothing is run)"
 fi
 trap cleanup EXIT
 
 step "preflight: the tools this run needs"
-run command -v docker kind kubectl "$PYTHON" "$MODELPLANE"
+run command -v docker kind kubectl "$PYTHON" "$STOKEHOLD"
 run docker info --format '{{.ServerVersion}}'
 
 step "create the kind cluster ($KIND_NODE_IMAGE)"
@@ -226,8 +226,8 @@ run kubectl patch configmap/config-network -n knative-serving --type merge \
 run kubectl wait deployment --all -n knative-serving --for=condition=Available --timeout=300s
 run kubectl wait deployment --all -n kourier-system --for=condition=Available --timeout=300s
 
-step "apply modelplane's Knative settings (scale to zero, progress deadline, pod-spec features)"
-run_retrying kubectl apply --server-side --field-manager=modelplane --force-conflicts -k "$REPO_ROOT/manifests/knative"
+step "apply stokehold's Knative settings (scale to zero, progress deadline, pod-spec features)"
+run_retrying kubectl apply --server-side --field-manager=stokehold --force-conflicts -k "$REPO_ROOT/manifests/knative"
 
 step "install KServe $KSERVE_VERSION (serverless mode)"
 run kubectl apply --server-side -f "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve.yaml"
@@ -251,23 +251,23 @@ run docker build -f "$REPO_ROOT/controller/Dockerfile" -t "$CONTROLLER_IMAGE" "$
 run docker build -f "$REPO_ROOT/runtimes/Dockerfile.cpu" -t "$RUNTIME_IMAGE" "$REPO_ROOT"
 run kind load docker-image "$CONTROLLER_IMAGE" "$RUNTIME_IMAGE" --name "$CLUSTER"
 
-step "install modelplane: kubectl apply -k (overlays/default with the e2e images)"
+step "install stokehold: kubectl apply -k (overlays/default with the e2e images)"
 run_retrying kubectl apply -k "$REPO_ROOT/manifests/e2e/overlay"
-run kubectl rollout status deployment/modelplane-controller -n modelplane-system --timeout=300s
+run kubectl rollout status deployment/stokehold-controller -n stokehold-system --timeout=300s
 run kubectl create namespace "$NAMESPACE"
 
 step "publish $TEMPLATE and deploy it (events on NATS through a port-forward)"
 in_background kubectl port-forward -n nats svc/nats "$NATS_LOCAL_PORT:4222"
 wait_for_port "$NATS_LOCAL_PORT"
-export MODELPLANE_NATS_URL="nats://127.0.0.1:$NATS_LOCAL_PORT"
-show export "MODELPLANE_NATS_URL=$MODELPLANE_NATS_URL"
-run "$MODELPLANE" publish "$REPO_ROOT/templates/catalog/$TEMPLATE.yaml"
-run "$MODELPLANE" deploy "$TEMPLATE" --namespace "$NAMESPACE" --keep-hot "$KEEP_HOT"
+export STOKEHOLD_NATS_URL="nats://127.0.0.1:$NATS_LOCAL_PORT"
+show export "STOKEHOLD_NATS_URL=$STOKEHOLD_NATS_URL"
+run "$STOKEHOLD" publish "$REPO_ROOT/templates/catalog/$TEMPLATE.yaml"
+run "$STOKEHOLD" deploy "$TEMPLATE" --namespace "$NAMESPACE" --keep-hot "$KEEP_HOT"
 
 step "wait until the InferenceService is Ready"
 run kubectl wait "inferenceservice/$TEMPLATE" -n "$NAMESPACE" --for=condition=Ready --timeout="$READY_TIMEOUT"
 run kubectl get inferenceservice "$TEMPLATE" -n "$NAMESPACE" \
-  -o 'custom-columns=NAME:.metadata.name,VERSION:.metadata.labels.modelplane\.ai/version,HASH:.metadata.annotations.modelplane\.ai/content-hash'
+  -o 'custom-columns=NAME:.metadata.name,VERSION:.metadata.labels.stokehold\.ai/version,HASH:.metadata.annotations.stokehold\.ai/content-hash'
 
 step "call it with the openai SDK (warm)"
 capture kubectl get ksvc "$TEMPLATE-predictor" -n "$NAMESPACE" -o 'jsonpath={.status.url}'

@@ -18,12 +18,12 @@ from controller.ops import Readiness
 
 
 def test_flags_win_over_environment_and_nested_fields_merge(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("MODELPLANE_SINK", "kube")
-    monkeypatch.setenv("MODELPLANE_RENDER__MODEL_FORMAT", "huggingface")
-    monkeypatch.setenv("MODELPLANE_RENDER__GPU_PRODUCTS", '{"nvidia-l4": "L4"}')
-    monkeypatch.setenv("MODELPLANE_NAMESPACES", '["llm", "team-a"]')
-    monkeypatch.setenv("MODELPLANE_NATS_USER", "controller")
-    monkeypatch.setenv("MODELPLANE_NATS_PASSWORD", "s3cret")
+    monkeypatch.setenv("STOKEHOLD_SINK", "kube")
+    monkeypatch.setenv("STOKEHOLD_RENDER__MODEL_FORMAT", "huggingface")
+    monkeypatch.setenv("STOKEHOLD_RENDER__GPU_PRODUCTS", '{"nvidia-l4": "L4"}')
+    monkeypatch.setenv("STOKEHOLD_NAMESPACES", '["llm", "team-a"]')
+    monkeypatch.setenv("STOKEHOLD_NATS_USER", "controller")
+    monkeypatch.setenv("STOKEHOLD_NATS_PASSWORD", "s3cret")
     config = build_config({"sink": "dir", "dir": tmp_path, "render.runtime": "custom", "nats.url": "nats://a:4222,nats://b:4222"})
     assert config.sink == "dir" and config.dir == tmp_path
     assert config.render.runtime == "custom" and config.render.model_format == "huggingface"

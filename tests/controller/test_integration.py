@@ -157,7 +157,7 @@ class Env:
         path = self.file(name, namespace)
         if not path.exists():
             return None
-        return str(yaml.safe_load(path.read_text())["metadata"]["labels"]["modelplane.ai/version"])
+        return str(yaml.safe_load(path.read_text())["metadata"]["labels"]["stokehold.dev/version"])
 
     @asynccontextmanager
     async def controller(self, sink: DirSink | None = None, config: ControllerConfig | None = None) -> AsyncIterator[Controller]:
@@ -209,7 +209,7 @@ async def test_catalog_events_become_files_with_status_events(env: Env) -> None:
         for version in CATALOG:
             expected = render_inference_service(version, Deployment(version.name, "llm", version.name, None), env.config.render)
             written = yaml.safe_load(env.file(version.name, "llm").read_text())
-            del written["metadata"]["annotations"]["modelplane.ai/source-event-id"]
+            del written["metadata"]["annotations"]["stokehold.dev/source-event-id"]
             assert written == expected, f"{version.name} is the pure rendering of its version"
         applied = [data for kind, data in await wait_for(lambda: len(env.status) >= 3 * len(CATALOG) and env.status, "status events")]
         created = {d.name for d in applied if getattr(d, "action", None) == "created"}
@@ -337,10 +337,10 @@ async def test_the_cli_process_serves_and_stops_gracefully_on_sigterm(env: Env, 
             stderr=subprocess.STDOUT,
             env={
                 **os.environ,
-                "MODELPLANE_NATS_URL": ",".join(env.config.nats.url),
-                "MODELPLANE_STREAM": env.config.stream,
-                "MODELPLANE_SUBJECT_ROOT": env.root,
-                "MODELPLANE_METRICS_HOST": "127.0.0.1",
+                "STOKEHOLD_NATS_URL": ",".join(env.config.nats.url),
+                "STOKEHOLD_STREAM": env.config.stream,
+                "STOKEHOLD_SUBJECT_ROOT": env.root,
+                "STOKEHOLD_METRICS_HOST": "127.0.0.1",
             },
         )
     try:
@@ -393,6 +393,6 @@ async def test_ops_endpoints(env: Env) -> None:
             assert ready.status_code == 200
             assert ready.json() == {"ready": True, "nats_connected": True, "state_rebuilt": True, "role": "leader"}
             metrics = (await client.get(f"{base}/metrics")).text
-        assert 'modelplane_controller_events_total{outcome="unchanged",type="ai.modelplane.template.version.published"} 1.0' in metrics
-        assert "modelplane_controller_consumer_pending 0.0" in metrics
-        assert "modelplane_controller_template_versions 1.0" in metrics
+        assert 'stokehold_controller_events_total{outcome="unchanged",type="dev.stokehold.template.version.published"} 1.0' in metrics
+        assert "stokehold_controller_consumer_pending 0.0" in metrics
+        assert "stokehold_controller_template_versions 1.0" in metrics

@@ -35,7 +35,7 @@ def kube_config(env: Env, emulator: KubernetesEmulator, identity: str) -> Contro
         "kubeconfig": emulator.kubeconfig,
         "namespaces": ["llm"],
         "leader_election": True,
-        "lease_namespace": "modelplane-system",
+        "lease_namespace": "stokehold-system",
         "lease_name": f"lease-{env.root}",
         "identity": identity,
         "metrics_host": "127.0.0.1",
@@ -75,7 +75,7 @@ async def test_leader_writes_standby_takes_over_and_readiness_is_reported(env: E
         await env.publish(EventKind.VERSION_PUBLISHED, tiny(1), "tiny-demo")
         await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo", namespace="llm"), "tiny-demo")
         isvc = await wait_for(lambda: k8s_emulator.get("isvc", "llm", "tiny-demo"), "the InferenceService in the API")
-        assert isvc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "modelplane"
+        assert isvc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "stokehold"
         assert second.reconciler is None or not second.reconciler.live, "the standby wrote nothing"
 
         k8s_emulator.set_isvc_status("llm", "tiny-demo", ready=True, url="http://tiny-demo.llm.example.com")
@@ -88,7 +88,7 @@ async def test_leader_writes_standby_takes_over_and_readiness_is_reported(env: E
         await env.publish(EventKind.VERSION_PUBLISHED, tiny(2, max_tokens=64), "tiny-demo")
         await wait_for(
             lambda: (
-                (k8s_emulator.get("isvc", "llm", "tiny-demo") or {}).get("metadata", {}).get("labels", {}).get("modelplane.ai/version")
+                (k8s_emulator.get("isvc", "llm", "tiny-demo") or {}).get("metadata", {}).get("labels", {}).get("stokehold.dev/version")
                 == "2"
             ),
             "the new leader to apply version 2",

@@ -109,10 +109,10 @@ async def test_new_version_updates_followers_and_an_older_one_does_not(h: Harnes
     h.event(version(3, max_tokens=64))
     result = await h.reconciler.reconcile("tiny-demo")
     assert result.actions == {("default", "tiny-demo"): "updated"}
-    assert h.file("tiny-demo")["metadata"]["labels"]["modelplane.ai/version"] == "3"
+    assert h.file("tiny-demo")["metadata"]["labels"]["stokehold.dev/version"] == "3"
     h.event(version(2, max_tokens=16))  # older, arrives late
     assert (await h.reconciler.reconcile("tiny-demo")).writes == 0
-    assert h.file("tiny-demo")["metadata"]["labels"]["modelplane.ai/version"] == "3"
+    assert h.file("tiny-demo")["metadata"]["labels"]["stokehold.dev/version"] == "3"
 
 
 async def test_stop_resume_and_delete_are_reported(h: Harness) -> None:
@@ -137,7 +137,7 @@ async def test_deleting_the_pinned_version_deletes_the_service(h: Harness) -> No
     h.event(TemplateVersionDeleted(template="tiny-demo", version=2))
     result = await h.reconciler.reconcile("tiny-demo")
     assert result.actions == {("default", "pinned"): "deleted", ("default", "latest"): "updated"}
-    assert h.file("latest")["metadata"]["labels"]["modelplane.ai/version"] == "1"
+    assert h.file("latest")["metadata"]["labels"]["stokehold.dev/version"] == "1"
 
 
 async def test_transient_failure_is_retried_by_the_next_reconciliation(h: Harness) -> None:
@@ -171,15 +171,15 @@ async def test_a_failed_write_that_never_happened_needs_no_delete_and_reports_no
     assert [a.action for a in h.recorder.of(EventKind.DEPLOYMENT_APPLIED)] == []
 
 
-async def test_objects_not_managed_by_modelplane_are_never_touched(h: Harness) -> None:
+async def test_objects_not_managed_by_stokehold_are_never_touched(h: Harness) -> None:
     foreign = h.sink.root / "default" / "tiny-demo.yaml"
     foreign.parent.mkdir(parents=True)
     foreign.write_text(yaml.safe_dump({"kind": "InferenceService", "metadata": {"name": "tiny-demo"}}))
     h.event(version(1))
     h.event(DeploymentRequested(template="tiny-demo"))
     result = await h.reconciler.reconcile("tiny-demo", [("default", "tiny-demo")])
-    assert "not managed by modelplane" in result.failures[("default", "tiny-demo")]
-    assert "modelplane" not in foreign.read_text()
+    assert "not managed by stokehold" in result.failures[("default", "tiny-demo")]
+    assert "stokehold" not in foreign.read_text()
     failed = h.recorder.of(EventKind.DEPLOYMENT_FAILED)
     assert isinstance(failed[0], DeploymentFailed) and "not managed" in failed[0].reason
 
@@ -207,5 +207,5 @@ async def test_overrides_that_stop_fitting_a_new_version_report_a_failure(h: Har
     h.event(TemplateVersionPublished.model_validate(document))
     result = await h.reconciler.reconcile("tiny-demo")
     assert "overrides do not fit tiny-demo@2" in result.failures[("default", "tiny-demo")]
-    assert h.file("tiny-demo")["metadata"]["labels"]["modelplane.ai/version"] == "1", "the running service is left alone"
+    assert h.file("tiny-demo")["metadata"]["labels"]["stokehold.dev/version"] == "1", "the running service is left alone"
     assert not [s for s in h.recorder.of(EventKind.LOAD_STATUS) if isinstance(s, DeploymentLoadStatus) and s.version == 2]

@@ -149,7 +149,7 @@ def test_catalog_arithmetic(version: ModelTemplateVersion) -> None:
         assert token_env == []
     assert is_managed(isvc)
     labels = isvc["metadata"]["labels"]
-    assert labels["modelplane.ai/template"] == version.name and labels["modelplane.ai/version"] == str(version.version)
+    assert labels["stokehold.dev/template"] == version.name and labels["stokehold.dev/version"] == str(version.version)
 
 
 @pytest.mark.parametrize("version", CATALOG, ids=lambda v: v.name)
@@ -235,7 +235,7 @@ def test_overrides_change_the_content_hash_event_ids_do_not() -> None:
     stopped = rendered(version, stopped=True)
     assert stopped["metadata"]["annotations"][STOP_ANNOTATION] == "true"
     assert content_hash_of(stopped) != content_hash_of(base)
-    assert base["metadata"]["annotations"]["modelplane.ai/version-hash"] == version.content_hash
+    assert base["metadata"]["annotations"]["stokehold.dev/version-hash"] == version.content_hash
     assert HASH_ANNOTATION in base["metadata"]["annotations"]
 
 
@@ -250,8 +250,8 @@ def test_template_labels_go_under_a_safe_prefix() -> None:
     document["template"]["labels"] = {"team": "search", "networking.knative.dev/visibility": "cluster-local", "example.com/team": "ads"}
     isvc = rendered(parse_version(document))
     labels = isvc["metadata"]["labels"]
-    assert labels["template.modelplane.ai/team"] == "search", "the unprefixed key wins"
-    assert labels["template.modelplane.ai/visibility"] == "cluster-local"
+    assert labels["template.stokehold.dev/team"] == "search", "the unprefixed key wins"
+    assert labels["template.stokehold.dev/visibility"] == "cluster-local"
     assert not any(key.startswith(("networking.knative.dev", "example.com")) for key in labels)
 
 
@@ -260,7 +260,7 @@ def test_model_cache_pvc_and_default_token_secret() -> None:
     config = RenderConfig.model_validate({"hf_token_secret": {"name": "org-hf-token"}})
     isvc = render_inference_service(version, default_deployment(version), config)
     predictor = isvc["spec"]["predictor"]
-    assert predictor["volumes"] == [{"name": "model-cache", "persistentVolumeClaim": {"claimName": "modelplane-model-cache"}}]
+    assert predictor["volumes"] == [{"name": "model-cache", "persistentVolumeClaim": {"claimName": "stokehold-model-cache"}}]
     assert predictor["model"]["volumeMounts"] == [{"name": "model-cache", "mountPath": config.model_cache_mount}]
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "org-hf-token", "key": "HF_TOKEN"}}} in predictor["model"]["env"]
 

@@ -217,7 +217,7 @@ def test_redeliveries_in_any_position_give_the_same_state(datas: list[BaseModel]
 def test_reserved_namespaces_are_refused_even_when_every_namespace_is_managed() -> None:
     state, ev = DesiredState(), Stream()
     state.apply(ev(version(1)))
-    for namespace in ("kube-system", "modelplane-system"):
+    for namespace in ("kube-system", "stokehold-system"):
         with pytest.raises(Rejected, match=f"namespace '{namespace}' is reserved"):
             state.apply(ev(DeploymentRequested(template="tiny-demo", namespace=namespace)))
     assert state.apply(ev(DeploymentRequested(template="tiny-demo", namespace="llm"))).change is Change.CHANGED

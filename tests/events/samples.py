@@ -54,8 +54,8 @@ def sample(kind: EventKind) -> BaseModel:
         EventKind.LOAD_STATUS: DeploymentLoadStatus.model_validate(status | {"status": LoadStatus.LOADING}),
         EventKind.EVENT_REJECTED: EventRejected(
             original_id="abc",
-            original_type="ai.modelplane.deployment.requested",
-            subject="modelplane.templates.x.deployment.requested",
+            original_type="dev.stokehold.deployment.requested",
+            subject="stokehold.templates.x.deployment.requested",
             reason="bad",
         ),
     }

@@ -18,7 +18,7 @@ FAIL_FAST = {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.0}
 
 @pytest.fixture(scope="module")
 def password_server() -> Iterator[LocalNatsServer]:
-    with LocalNatsServer(user="modelplane", password="correct horse") as server:
+    with LocalNatsServer(user="stokehold", password="correct horse") as server:
         yield server
 
 

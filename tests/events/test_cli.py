@@ -1,4 +1,4 @@
-"""The `modelplane` command against a real nats-server (typer's CliRunner, one subprocess for tail)."""
+"""The `stokehold` command against a real nats-server (typer's CliRunner, one subprocess for tail)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ TINY = CATALOG_DIR / "tiny-demo.yaml"
 @pytest.fixture(autouse=True)
 def _no_inherited_nats_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("URL", "USER", "PASSWORD", "TOKEN", "CREDS", "TLS_CA", "TLS_CERT", "TLS_KEY"):
-        monkeypatch.delenv(f"MODELPLANE_NATS_{name}", raising=False)
+        monkeypatch.delenv(f"STOKEHOLD_NATS_{name}", raising=False)
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_stream_provision_is_idempotent_and_applies_changes(cli: Any, clean_stre
     updated = cli("stream", "provision", "--max-age", "30d", "--duplicate-window", "5m")
     info = cli("stream", "info", "--json")
 
-    assert unchanged.exit_code == 0 and "stream MODELPLANE unchanged" in unchanged.stdout
+    assert unchanged.exit_code == 0 and "stream STOKEHOLD unchanged" in unchanged.stdout
     assert updated.exit_code == 0 and "updated" in updated.stdout and "max_age" in updated.stdout
     expected = {"max_age_seconds": 30 * 86400.0, "duplicate_window_seconds": 300.0, "storage": "file"}
     assert {key: json.loads(info.stdout)[key] for key in expected} == expected
@@ -73,7 +73,7 @@ def test_publish_validates_then_publishes_once(cli: Any, clean_stream: StreamSet
     assert first.exit_code == 0 and "tiny-demo" in first.stdout
     assert again.exit_code == 0 and "duplicate" in again.stdout
     [stored] = _replayed(cli)
-    assert stored["type"] == "ai.modelplane.template.version.published"
+    assert stored["type"] == "dev.stokehold.template.version.published"
     assert stored["data"]["template"]["name"] == "tiny-demo"
 
 
@@ -102,7 +102,7 @@ def test_deploy_and_the_lifecycle_commands(cli: Any, clean_stream: StreamSetting
         assert result.exit_code == 0, result.output
 
     stored = _replayed(cli)
-    assert [event["type"].removeprefix("ai.modelplane.") for event in stored] == [
+    assert [event["type"].removeprefix("dev.stokehold.") for event in stored] == [
         "deployment.requested",
         "deployment.stopped",
         "deployment.resumed",
@@ -116,7 +116,7 @@ def test_deploy_and_the_lifecycle_commands(cli: Any, clean_stream: StreamSetting
         "version": 1,
         "overrides": {"min_replicas": 1, "max_replicas": None, "target_concurrency": None, "keep_hot": "30m", "priority": 2},
     }
-    assert all(event["subject"].startswith("modelplane.templates.tiny-demo.") for event in stored)
+    assert all(event["subject"].startswith("stokehold.templates.tiny-demo.") for event in stored)
     assert [event["data"]["template"] for event in _replayed(cli, "--type", "template.version.deleted")] == ["tiny-demo"]
     assert len(_replayed(cli, "--limit", "2")) == 2
 
@@ -182,7 +182,7 @@ def test_status_shows_the_latest_state_of_each_deployment(cli: Any, nats_options
 
 def test_events_tail_follows_status_events(nats_url: str, nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
     command = [sys.executable, "-m", "events", "--nats-url", nats_url, "events", "tail", "--json", "--count", "2", "--timeout", "30"]
-    command += ["--type", "deployment.ready", "--type", "ai.modelplane.event.rejected"]
+    command += ["--type", "deployment.ready", "--type", "dev.stokehold.event.rejected"]
     tail = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"COLUMNS": "200"})
     try:
         _wait_for_line(tail, "following")
@@ -201,7 +201,7 @@ def test_events_tail_follows_status_events(nats_url: str, nats_options: NatsOpti
 
     assert tail.returncode == 0, stderr
     events = [json.loads(line) for line in stdout.splitlines()]
-    assert [event["type"] for event in events] == ["ai.modelplane.deployment.ready", "ai.modelplane.event.rejected"]
+    assert [event["type"] for event in events] == ["dev.stokehold.deployment.ready", "dev.stokehold.event.rejected"]
     assert events[0]["data"]["url"] == "http://tiny-demo.llm.example.com"
 
 
@@ -253,4 +253,4 @@ def test_other_components_apps_are_called_lazily_with_their_arguments(monkeypatc
     missing = CliRunner().invoke(root, ["absent"])
 
     assert (called.exit_code, called.stdout) == (0, "hello WORLD\n")
-    assert missing.exit_code == 1 and "`modelplane absent` is not available here" in missing.stderr
+    assert missing.exit_code == 1 and "`stokehold absent` is not available here" in missing.stderr

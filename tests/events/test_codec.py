@@ -54,7 +54,7 @@ def test_binary_mode_puts_attributes_in_ce_headers_and_only_the_data_in_the_payl
     headers, payload = encode(EventKind.VERSION_PUBLISHED, version, source=SOURCE, event_id="evt-1")
 
     assert headers["ce-id"] == "evt-1" == headers[NATS_MSG_ID]
-    assert headers["ce-type"] == "ai.modelplane.template.version.published"
+    assert headers["ce-type"] == "dev.stokehold.template.version.published"
     assert headers["ce-specversion"] == "1.0"
     assert headers["ce-source"] == SOURCE
     assert headers["ce-subject"] == "tiny-demo"
@@ -130,11 +130,11 @@ def test_status_events_carry_their_content_hash_and_go_to_status_subjects() -> N
     headers, _ = encode(EventKind.DEPLOYMENT_APPLIED, applied, source=SOURCE)
 
     assert headers[f"ce-{HASH_EXTENSION}"] == tiny_version().content_hash
-    assert nats_subject(EventKind.DEPLOYMENT_APPLIED, applied) == "modelplane.status.tiny-demo.deployment.applied"
+    assert nats_subject(EventKind.DEPLOYMENT_APPLIED, applied) == "stokehold.status.tiny-demo.deployment.applied"
     assert nats_subject(EventKind.DEPLOYMENT_REQUESTED, sample(EventKind.DEPLOYMENT_REQUESTED)) == (
-        "modelplane.templates.tiny-demo.deployment.requested"
+        "stokehold.templates.tiny-demo.deployment.requested"
     )
-    assert nats_subject(EventKind.EVENT_REJECTED, sample(EventKind.EVENT_REJECTED)) == "modelplane.deadletter.x"
+    assert nats_subject(EventKind.EVENT_REJECTED, sample(EventKind.EVENT_REJECTED)) == "stokehold.deadletter.x"
 
 
 def test_subjects_only_take_template_names() -> None:
@@ -143,7 +143,7 @@ def test_subjects_only_take_template_names() -> None:
 
     with pytest.raises(EventDataError, match="not a template name"):
         nats_subject(EventKind.DEPLOYMENT_READY, ready)
-    assert nats_subject(EventKind.EVENT_REJECTED, rejected) == "modelplane.deadletter._"
+    assert nats_subject(EventKind.EVENT_REJECTED, rejected) == "stokehold.deadletter._"
 
 
 def test_header_names_are_case_insensitive() -> None:
@@ -168,7 +168,7 @@ def _sdk_event(data: dict[str, Any]) -> CloudEvent:
         {
             "id": "sdk-1",
             "source": "/other/producer",
-            "type": "ai.modelplane.deployment.requested",
+            "type": "dev.stokehold.deployment.requested",
             "datacontenttype": "application/json",
             "time": datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
         },
@@ -192,7 +192,7 @@ def test_decodes_what_the_sdk_produces(binding: object) -> None:
 @pytest.mark.parametrize("to_http", [v1_conversion.to_structured, v1_conversion.to_binary], ids=["structured", "binary"])
 def test_decodes_what_the_sdks_v1_api_produces(to_http: object) -> None:
     event = v1_http.CloudEvent(
-        {"id": "v1-1", "source": "/legacy", "type": "ai.modelplane.deployment.deleted", "datacontenttype": "application/json"},
+        {"id": "v1-1", "source": "/legacy", "type": "dev.stokehold.deployment.deleted", "datacontenttype": "application/json"},
         {"template": "falcon-7b-instruct", "namespace": "team-a"},
     )
     headers, body = to_http(event)  # type: ignore[operator]
@@ -264,7 +264,7 @@ BAD_MESSAGES: dict[str, tuple[object, bytes, str]] = {
     "empty source (structured)": (*_structured(source=""), "'source'"),
     "wrong specversion": (*_with(ce_specversion="0.3"), "specversion '0.3'"),
     "wrong specversion (structured)": (*_structured(specversion="2.0"), "specversion '2.0'"),
-    "unknown modelplane type": (*_with(ce_type="ai.modelplane.deployment.exploded"), "unknown event type"),
+    "unknown stokehold type": (*_with(ce_type="dev.stokehold.deployment.exploded"), "unknown event type"),
     "foreign type": (*_with(ce_type="com.example.order.created"), "unknown event type"),
     "data not JSON": (*_with(content_type="text/plain"), "not JSON"),
     "xml event format": ({"content-type": "application/cloudevents+xml"}, b"<event/>", "not supported"),
@@ -300,7 +300,7 @@ def test_decode_errors_name_the_event_and_the_field() -> None:
         decode(headers, payload)
 
     error = caught.value
-    assert (error.event_id, error.event_type) == ("bad-2", "ai.modelplane.deployment.requested")
+    assert (error.event_id, error.event_type) == ("bad-2", "dev.stokehold.deployment.requested")
     assert [path for path, _ in error.errors] == ["namespace"]
     assert "namespace" in error.reason
 

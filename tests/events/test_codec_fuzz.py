@@ -17,12 +17,12 @@ from events.types import EventKind
 from tests.events.samples import sample
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-CE_HEADERS = ["ce-id", "ce-source", "ce-type", "ce-specversion", "ce-time", "ce-subject", "ce-modelplanehash", "content-type"]
+CE_HEADERS = ["ce-id", "ce-source", "ce-type", "ce-specversion", "ce-time", "ce-subject", "ce-stokeholdhash", "content-type"]
 
 header_names = st.one_of(st.sampled_from(CE_HEADERS), st.text(max_size=20))
 header_values = st.one_of(
     st.sampled_from(
-        ["1.0", "0.3", "", "ai.modelplane.deployment.requested", "application/json", STRUCTURED_CONTENT_TYPE, "2024-13-45T99:99:99Z"]
+        ["1.0", "0.3", "", "dev.stokehold.deployment.requested", "application/json", STRUCTURED_CONTENT_TYPE, "2024-13-45T99:99:99Z"]
     ),
     st.text(max_size=40),
 )
@@ -51,14 +51,14 @@ def test_arbitrary_headers_and_bytes(headers: dict[str, str] | None, payload: by
 @given(
     attributes=st.dictionaries(
         st.sampled_from(
-            ["id", "source", "type", "specversion", "time", "subject", "datacontenttype", "data", "data_base64", "modelplanehash"]
+            ["id", "source", "type", "specversion", "time", "subject", "datacontenttype", "data", "data_base64", "stokeholdhash"]
         ),
         json_values,
     ),
     data=json_values,
 )
 def test_arbitrary_structured_documents(attributes: dict[str, Any], data: Any) -> None:
-    document = {"id": "f", "source": "/f", "type": "ai.modelplane.deployment.requested", "specversion": "1.0", "data": data} | attributes
+    document = {"id": "f", "source": "/f", "type": "dev.stokehold.deployment.requested", "specversion": "1.0", "data": data} | attributes
     _outcome({"content-type": STRUCTURED_CONTENT_TYPE}, json.dumps(document).encode())
 
 
@@ -88,7 +88,7 @@ def test_any_single_header_value(value: str, header: str) -> None:
 
 def test_deeply_nested_data_is_refused_cleanly() -> None:
     nested = "[" * 100_000 + "]" * 100_000
-    payload = ('{"id":"n","source":"/n","type":"ai.modelplane.deployment.requested","specversion":"1.0","data":' + nested + "}").encode()
+    payload = ('{"id":"n","source":"/n","type":"dev.stokehold.deployment.requested","specversion":"1.0","data":' + nested + "}").encode()
     assert isinstance(_outcome({"content-type": STRUCTURED_CONTENT_TYPE}, payload), EventDecodeError)
     headers, _ = encode(EventKind.DEPLOYMENT_REQUESTED, sample(EventKind.DEPLOYMENT_REQUESTED), source="/n")
     assert isinstance(_outcome(headers, nested.encode()), EventDecodeError)

@@ -61,7 +61,7 @@ async def test_an_event_made_by_the_cloudevents_sdk_is_read_from_the_stream(
     )
     message = ce_http.to_structured(event, JSONFormat())
     async with nats_client(nats_options) as client:
-        await client.jetstream().publish("modelplane.templates.gemma-7b-it.deployment.requested", message.body, headers=message.headers)
+        await client.jetstream().publish("stokehold.templates.gemma-7b-it.deployment.requested", message.body, headers=message.headers)
 
     [item] = await _all(nats_options)
 
@@ -95,7 +95,7 @@ async def test_each_template_keeps_its_order(nats_options: NatsOptions, clean_st
         await asyncio.gather(*(publish_versions(publisher, template) for template in templates))
 
     for template in templates:
-        stored = await _all(nats_options, f"modelplane.templates.{template}.>")
+        stored = await _all(nats_options, f"stokehold.templates.{template}.>")
         numbers = [item.event.data.version for item in stored if item.event]  # type: ignore[attr-defined]
         sequences = [item.sequence or 0 for item in stored]
         assert numbers == list(range(1, 11))
@@ -168,7 +168,7 @@ async def test_invalid_data_is_refused_before_sending(nats_options: NatsOptions,
 async def test_publishing_without_a_stream_says_to_provision(nats_options: NatsOptions) -> None:
     async with nats_client(nats_options) as client:
         publisher = Publisher(client, subject_root="nostream", stream="NOSTREAM")
-        with pytest.raises(PublishError, match="modelplane stream provision"):
+        with pytest.raises(PublishError, match="stokehold stream provision"):
             await publisher.request_deployment("tiny-demo")
 
 
@@ -213,15 +213,15 @@ async def test_follow_sees_status_events_and_dead_letters_but_not_inbound_ones(
         received = await collecting
 
     assert [item.event.kind for item in received if item.event] == [EventKind.DEPLOYMENT_READY, EventKind.EVENT_REJECTED]
-    assert [item.subject for item in received] == ["modelplane.status.tiny-demo.deployment.ready", "modelplane.deadletter.x"]
+    assert [item.subject for item in received] == ["stokehold.status.tiny-demo.deployment.ready", "stokehold.deadletter.x"]
 
 
 async def test_replay_reports_undecodable_messages_without_stopping(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
     headers, payload = encode(EventKind.DEPLOYMENT_DELETED, sample(EventKind.DEPLOYMENT_DELETED), source="/t")
     async with nats_client(nats_options) as client:
         js = client.jetstream()
-        await js.publish("modelplane.templates.tiny-demo.deployment.deleted", b"garbage", headers={"content-type": "text/plain"})
-        await js.publish("modelplane.templates.tiny-demo.deployment.deleted", payload, headers=headers)
+        await js.publish("stokehold.templates.tiny-demo.deployment.deleted", b"garbage", headers={"content-type": "text/plain"})
+        await js.publish("stokehold.templates.tiny-demo.deployment.deleted", payload, headers=headers)
 
     first, second = await _all(nats_options)
 

@@ -13,13 +13,13 @@ from events.options import NatsOptions
 @pytest.fixture(autouse=True)
 def _no_inherited_nats_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("URL", "USER", "PASSWORD", "TOKEN", "CREDS", "TLS_CA", "TLS_CERT", "TLS_KEY"):
-        monkeypatch.delenv(f"MODELPLANE_NATS_{name}", raising=False)
+        monkeypatch.delenv(f"STOKEHOLD_NATS_{name}", raising=False)
 
 
 def test_environment_gives_several_urls_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELPLANE_NATS_URL", "nats://a:4222, nats://b:4222,,tls://c:4443")
-    monkeypatch.setenv("MODELPLANE_NATS_USER", "alice")
-    monkeypatch.setenv("MODELPLANE_NATS_PASSWORD", "s3cret")
+    monkeypatch.setenv("STOKEHOLD_NATS_URL", "nats://a:4222, nats://b:4222,,tls://c:4443")
+    monkeypatch.setenv("STOKEHOLD_NATS_USER", "alice")
+    monkeypatch.setenv("STOKEHOLD_NATS_PASSWORD", "s3cret")
 
     options = NatsOptions()
     kwargs = options.connect_kwargs()
@@ -31,8 +31,8 @@ def test_environment_gives_several_urls_and_credentials(monkeypatch: pytest.Monk
 
 
 def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELPLANE_NATS_URL", "nats://from-env:4222")
-    monkeypatch.setenv("MODELPLANE_NATS_TOKEN", "env-token")
+    monkeypatch.setenv("STOKEHOLD_NATS_URL", "nats://from-env:4222")
+    monkeypatch.setenv("STOKEHOLD_NATS_TOKEN", "env-token")
 
     options = NatsOptions(url="nats://from-flag:4222", token="flag-token")
 

@@ -18,7 +18,7 @@ def test_committed_schemas_match_the_models() -> None:
 
 
 def test_there_is_one_schema_per_event_type() -> None:
-    assert sorted(generate()) == sorted(path.name for path in SCHEMA_DIR.glob("ai.modelplane.*.json"))
+    assert sorted(generate()) == sorted(path.name for path in SCHEMA_DIR.glob("dev.stokehold.*.json"))
     assert len(generate()) == len(EventKind)
 
 

@@ -18,7 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Kubernetes API emulator (InferenceServices, Leases, Events, Namespaces)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
-    parser.add_argument("--token", default="modelplane-emulator-token", help="bearer token clients must send ('' for none)")
+    parser.add_argument("--token", default="stokehold-emulator-token", help="bearer token clients must send ('' for none)")
     parser.add_argument("--plain-http", action="store_true", help="serve HTTP instead of HTTPS (kubectl then sends no token)")
     parser.add_argument("--kubeconfig", type=Path, help="write a kubeconfig for this server here")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault injector")

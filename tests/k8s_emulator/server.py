@@ -49,7 +49,7 @@ PATCH_TYPES: dict[str, PatchType] = {
 VERSION_INFO = {
     "major": "1",
     "minor": "32",
-    "gitVersion": "v1.32.0-modelplane-emulator",
+    "gitVersion": "v1.32.0-stokehold-emulator",
     "gitCommit": "0000000000000000000000000000000000000000",
     "gitTreeState": "clean",
     "buildDate": "2025-01-01T00:00:00Z",
@@ -469,7 +469,7 @@ class KubernetesEmulator:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        token: str | None = "modelplane-emulator-token",
+        token: str | None = "stokehold-emulator-token",
         tls: bool = True,
         seed: int = 0,
         history_limit: int = 10_000,

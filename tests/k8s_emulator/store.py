@@ -34,7 +34,7 @@ from tests.k8s_emulator.selectors import FieldSelector, LabelSelector
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 PatchType = Literal["merge", "json", "strategic", "apply"]
 SERVER_OWNED = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "selfLink")
-DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "modelplane-system")
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "stokehold-system")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,6 @@ class ServerCertificate:
 
 def self_signed(directory: Path, host: str = "127.0.0.1") -> ServerCertificate:
     key = new_key()
-    cert = certificate("modelplane-k8s-emulator", key, ca=True, hosts=["localhost", "127.0.0.1", host], server_auth=True, days=2)
+    cert = certificate("stokehold-k8s-emulator", key, ca=True, hosts=["localhost", "127.0.0.1", host], server_auth=True, days=2)
     files = write_pem(directory / "server", cert, key)
     return ServerCertificate(files.cert, files.key)

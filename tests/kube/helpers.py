@@ -26,7 +26,7 @@ def isvc(name: str, *, template: str | None = None, version: int = 1, namespace:
             "predictor": {
                 "minReplicas": 0,
                 "maxReplicas": 1,
-                "model": {"modelFormat": {"name": "vllm"}, "runtime": "modelplane-vllm-ray", "args": [f"--served-model-name={template}"]},
+                "model": {"modelFormat": {"name": "vllm"}, "runtime": "stokehold-vllm-ray", "args": [f"--served-model-name={template}"]},
             }
         },
     }

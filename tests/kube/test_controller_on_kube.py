@@ -38,7 +38,7 @@ async def replica(kube: KubernetesEmulator, nats_url: str, root: str, identity: 
             "sink": "kube",
             "kubeconfig": kube.kubeconfig,
             "leader_election": True,
-            "lease_namespace": "modelplane-system",
+            "lease_namespace": "stokehold-system",
             "lease_name": root,
             "identity": identity,
             "metrics_host": "127.0.0.1",
@@ -80,7 +80,7 @@ async def test_one_replica_leads_writes_and_hands_over(kube: KubernetesEmulator,
                 await publish(EventKind.VERSION_PUBLISHED, TemplateVersionPublished.model_validate(TINY.to_document()))
                 await publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo"))
                 await eventually(lambda: kube.get("isvc", "default", "tiny-demo"), "the InferenceService", limit=20)
-                assert kube.get("lease", "modelplane-system", root)["spec"]["holderIdentity"] == "replica-a"  # type: ignore[index]
+                assert kube.get("lease", "stokehold-system", root)["spec"]["holderIdentity"] == "replica-a"  # type: ignore[index]
 
                 kube.set_isvc_status("default", "tiny-demo", ready=True)
                 ready = await eventually(lambda: [d for k, d in statuses if k == "deployment.ready"], "deployment.ready", limit=20)
@@ -90,7 +90,7 @@ async def test_one_replica_leads_writes_and_hands_over(kube: KubernetesEmulator,
                 await eventually(lambda: second.role == "leader", "the standby to take over", limit=20)
                 await publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo", name="tiny-two"))
                 await eventually(lambda: kube.get("isvc", "default", "tiny-two"), "the new leader's write", limit=20)
-                assert kube.get("lease", "modelplane-system", root)["spec"]["holderIdentity"] == "replica-b"  # type: ignore[index]
+                assert kube.get("lease", "stokehold-system", root)["spec"]["holderIdentity"] == "replica-b"  # type: ignore[index]
         assert [o["metadata"]["name"] for o in kube.objects("isvc")] == ["tiny-demo", "tiny-two"]
     finally:
         await nc.drain()

@@ -71,7 +71,7 @@ def test_create_get_and_the_errors_a_real_server_gives(kube: KubernetesEmulator)
     assert rejected.value.status == 422 and status_of(rejected.value)["details"]["causes"][0]["field"] == "spec.predictor"
 
     bad_label = isvc("c")
-    bad_label["metadata"]["labels"]["modelplane.ai/template"] = "not a valid value!"
+    bad_label["metadata"]["labels"]["stokehold.dev/template"] = "not a valid value!"
     with pytest.raises(ApiException) as bad:
         api.create_namespaced_custom_object(G, V, "default", P, bad_label)
     assert bad.value.status == 422

@@ -58,7 +58,7 @@ async def test_create_unchanged_update(kube: KubernetesEmulator, sink: KubeSink)
     assert kube.faults.calls - calls_before == {"PUT": 1, "total": 1}  # it remembers what it wrote: no read first
     updated = live(kube, "a")
     assert updated["spec"] == changed["spec"] and updated["metadata"]["generation"] == 2
-    assert updated["metadata"]["labels"]["modelplane.ai/version"] == "2"
+    assert updated["metadata"]["labels"]["stokehold.dev/version"] == "2"
     assert updated["metadata"]["uid"] == created["metadata"]["uid"]
 
 
@@ -101,7 +101,7 @@ async def test_foreign_metadata_and_status_survive_an_update(kube: KubernetesEmu
     assert json.loads(meta["annotations"][APPLIED_KEYS_ANNOTATION])["annotations"] == sorted(resumed["metadata"]["annotations"])
 
 
-async def test_objects_not_managed_by_modelplane_are_never_touched(kube: KubernetesEmulator, sink: KubeSink) -> None:
+async def test_objects_not_managed_by_stokehold_are_never_touched(kube: KubernetesEmulator, sink: KubeSink) -> None:
     foreign = isvc("theirs")
     del foreign["metadata"]["labels"]["app.kubernetes.io/managed-by"]
     CustomObjectsApi(kube.api_client()).create_namespaced_custom_object(G, V, "default", P, foreign)
@@ -144,7 +144,7 @@ async def test_a_write_behind_the_sinks_back_is_read_and_kept(kube: KubernetesEm
     assert kube.faults.responses[409] == 1
     after = live(kube, "a")
     assert after["metadata"]["labels"]["touched"] == "yes" and after["status"]["url"] == "http://a.default.example.com"
-    assert after["metadata"]["annotations"]["modelplane.ai/content-hash"] == "sha256:2"
+    assert after["metadata"]["annotations"]["stokehold.dev/content-hash"] == "sha256:2"
 
 
 async def test_an_object_deleted_behind_the_sinks_back_is_created_again(kube: KubernetesEmulator, sink: KubeSink) -> None:
@@ -152,7 +152,7 @@ async def test_an_object_deleted_behind_the_sinks_back_is_created_again(kube: Ku
     CustomObjectsApi(kube.api_client()).delete_namespaced_custom_object(G, V, "default", P, "a")
 
     assert await sink.apply(isvc("a", content_hash="sha256:2")) is ApplyAction.CREATED
-    assert live(kube, "a")["metadata"]["annotations"]["modelplane.ai/content-hash"] == "sha256:2"
+    assert live(kube, "a")["metadata"]["annotations"]["stokehold.dev/content-hash"] == "sha256:2"
 
 
 async def test_an_object_that_stopped_being_managed_is_not_replaced_from_memory(kube: KubernetesEmulator, sink: KubeSink) -> None:
@@ -183,7 +183,7 @@ async def test_a_concurrent_write_between_read_and_replace_is_a_transient_confli
     with pytest.raises(TransientSinkError, match="409"):
         await sink.apply(isvc("a", content_hash="sha256:2"))
     monkeypatch.undo()
-    assert live(kube, "a")["metadata"]["annotations"]["modelplane.ai/content-hash"] == "sha256:1"  # nothing clobbered
+    assert live(kube, "a")["metadata"]["annotations"]["stokehold.dev/content-hash"] == "sha256:1"  # nothing clobbered
     assert await sink.apply(isvc("a", content_hash="sha256:2")) is ApplyAction.UPDATED  # the retry wins
     assert live(kube, "a")["metadata"]["labels"]["touched"] == "yes"
 
@@ -249,13 +249,13 @@ async def test_list_managed_follows_continue_tokens(kube: KubernetesEmulator, si
 
 def test_merge_for_replace_is_pure() -> None:
     live_obj = isvc("a")
-    live_obj["metadata"].update(resourceVersion="7", uid="u", annotations={"theirs": "1", "modelplane.ai/content-hash": "old"})
+    live_obj["metadata"].update(resourceVersion="7", uid="u", annotations={"theirs": "1", "stokehold.dev/content-hash": "old"})
     live_obj["status"] = {"url": "x"}
     frozen = copy.deepcopy(live_obj)
     merged = merge_for_replace(live_obj, isvc("a", content_hash="new"))
     assert live_obj == frozen
     assert merged["metadata"]["resourceVersion"] == "7" and merged["metadata"]["annotations"]["theirs"] == "1"
-    assert merged["metadata"]["annotations"]["modelplane.ai/content-hash"] == "new" and merged["status"] == {"url": "x"}
+    assert merged["metadata"]["annotations"]["stokehold.dev/content-hash"] == "new" and merged["status"] == {"url": "x"}
 
 
 def test_sink_error_maps_connection_failures_to_transient() -> None:

@@ -57,7 +57,7 @@ async def services(kube: KubernetesEmulator) -> dict[str, str]:
 
 
 async def test_kubectl_lists_exactly_the_templates_services(kube: KubernetesEmulator, services: dict[str, str], tmp_path: Path) -> None:
-    table, _ = await kubectl(kube, tmp_path, "get", "inferenceservices", "-l", "modelplane.ai/template=llama", "-A")
+    table, _ = await kubectl(kube, tmp_path, "get", "inferenceservices", "-l", "stokehold.dev/template=llama", "-A")
     lines = table.strip().splitlines()
     header = lines[0].split()
     assert header[:5] == ["NAMESPACE", "NAME", "URL", "READY", "PREV"] and header[-1] == "AGE"
@@ -66,20 +66,20 @@ async def test_kubectl_lists_exactly_the_templates_services(kube: KubernetesEmul
     assert rows[("team-a", "llama")][2:4] == ["http://llama.team-a.example.com", "True"]
     assert rows[("team-b", "llama-canary")][2] == "False"  # loading: no URL yet, not ready
 
-    listed = json.loads((await kubectl(kube, tmp_path, "get", "isvc", "-l", "modelplane.ai/template=llama", "-A", "-o", "json"))[0])
+    listed = json.loads((await kubectl(kube, tmp_path, "get", "isvc", "-l", "stokehold.dev/template=llama", "-A", "-o", "json"))[0])
     assert listed["kind"] == "List"
     names = {f"{i['metadata']['namespace']}/{i['metadata']['name']}" for i in listed["items"]}
     assert names == {"team-a/llama", "team-b/llama-canary"}
 
-    jsonpath = r"{range .items[*]}{.metadata.namespace}/{.metadata.name}={.metadata.annotations.modelplane\.ai/content-hash}{'\n'}{end}"
+    jsonpath = r"{range .items[*]}{.metadata.namespace}/{.metadata.name}={.metadata.annotations.stokehold\.ai/content-hash}{'\n'}{end}"
     hashes, _ = await kubectl(
-        kube, tmp_path, "get", "isvc", "-A", "-l", "app.kubernetes.io/managed-by=modelplane", "-o", f"jsonpath={jsonpath}"
+        kube, tmp_path, "get", "isvc", "-A", "-l", "app.kubernetes.io/managed-by=stokehold", "-o", f"jsonpath={jsonpath}"
     )
     assert dict(line.split("=", 1) for line in hashes.strip().splitlines()) == services
 
     single, _ = await kubectl(
-        kube, tmp_path, "get", "isvc", "gemma", "-n", "team-a", "-o", "jsonpath={.metadata.labels.modelplane\\.ai/template}"
+        kube, tmp_path, "get", "isvc", "gemma", "-n", "team-a", "-o", "jsonpath={.metadata.labels.stokehold\\.ai/template}"
     )
     assert single == "gemma"
-    nothing, why = await kubectl(kube, tmp_path, "get", "isvc", "-l", "modelplane.ai/template=none", "-A")
+    nothing, why = await kubectl(kube, tmp_path, "get", "isvc", "-l", "stokehold.dev/template=none", "-A")
     assert nothing == "" and "No resources found" in why

@@ -63,7 +63,7 @@ class Referee:
 @contextlib.asynccontextmanager
 async def election(kube: KubernetesEmulator, *identities: str) -> AsyncIterator[tuple[Referee, list[Candidate]]]:
     candidates = [
-        Candidate(LeaderElector(kube.api_client(user_agent=f"elector/{i}"), "modelplane-system", "controller", i, **TIMING))
+        Candidate(LeaderElector(kube.api_client(user_agent=f"elector/{i}"), "stokehold-system", "controller", i, **TIMING))
         for i in identities
     ]
     referee = Referee(candidates)
@@ -89,7 +89,7 @@ def leader_of(candidates: list[Candidate]) -> Candidate | None:
 
 
 def lease(kube: KubernetesEmulator) -> dict[str, object]:
-    found = kube.get("leases", "modelplane-system", "controller")
+    found = kube.get("leases", "stokehold-system", "controller")
     assert found is not None
     spec: dict[str, object] = found["spec"]
     return spec
@@ -128,7 +128,7 @@ async def test_conflicting_writes_never_make_two_leaders(kube: KubernetesEmulato
             await eventually(lambda: leader_of(candidates), "another leader")
             # back in the race as a fresh candidate, once someone else leads
             leader.elector = LeaderElector(
-                leader.elector.api.api_client, "modelplane-system", "controller", leader.elector.identity, **TIMING
+                leader.elector.api.api_client, "stokehold-system", "controller", leader.elector.identity, **TIMING
             )
             started, stopped = referee.callbacks(leader)
             leader.task = asyncio.create_task(leader.elector.run(started, stopped))  # type: ignore[arg-type]

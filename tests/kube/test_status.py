@@ -137,13 +137,13 @@ def test_only_transitions_are_reported() -> None:
 def test_a_new_content_hash_is_news_even_in_the_same_state() -> None:
     ready = with_status(isvc_status("chat", "team-a", ready=True))
     previous, _ = transition(None, ready)
-    ready["metadata"]["annotations"]["modelplane.ai/content-hash"] = "sha256:def"
+    ready["metadata"]["annotations"]["stokehold.dev/content-hash"] = "sha256:def"
     _, events = transition(previous, ready)
     assert [e.kind for e in events] == [EventKind.LOAD_STATUS, EventKind.DEPLOYMENT_READY]
 
 
 def test_objects_without_a_template_label_produce_no_events() -> None:
     obj = with_status(isvc_status("chat", "team-a", ready=True))
-    del obj["metadata"]["labels"]["modelplane.ai/template"]
+    del obj["metadata"]["labels"]["stokehold.dev/template"]
     observation, events = transition(None, obj)
     assert observation is not None and events == []

@@ -1,6 +1,6 @@
 """Commands documented in Markdown and scripts: extract them, and check them against the real tools.
 
-- `modelplane …` / `kubectl modelplane …` lines are parsed by the CLI's own click commands
+- `stokehold …` / `kubectl stokehold …` lines are parsed by the CLI's own click commands
   (options and arguments must exist; nothing is run);
 - kubectl `-o jsonpath=` / `-o custom-columns=` expressions are evaluated by the installed
   kubectl (`kubectl annotate --local`, which prints without a cluster) on a rendered
@@ -52,12 +52,12 @@ def words(line: str) -> list[str]:
     return list(lexer)
 
 
-def modelplane_args(line: str) -> list[str] | None:
-    """The arguments after `modelplane` / `kubectl modelplane` / `<path>/modelplane`, or None for other commands."""
+def stokehold_args(line: str) -> list[str] | None:
+    """The arguments after `stokehold` / `kubectl stokehold` / `<path>/stokehold`, or None for other commands."""
     parts = words(line)
-    if parts[:2] == ["kubectl", "modelplane"]:
+    if parts[:2] == ["kubectl", "stokehold"]:
         return parts[2:]
-    if parts and Path(parts[0]).name in ("modelplane", "kubectl-modelplane"):
+    if parts and Path(parts[0]).name in ("stokehold", "kubectl-stokehold"):
         return parts[1:]
     return None
 
@@ -66,13 +66,13 @@ class CommandLineError(AssertionError):
     pass
 
 
-def check_modelplane_args(args: list[str]) -> None:
+def check_stokehold_args(args: list[str]) -> None:
     """Parse the arguments with the CLI's own (typer) commands, running nothing; CommandLineError when they do not fit."""
     from events.cli import app
 
     command: Any = typer.main.get_command(app)
     rest = list(args)
-    path = ["modelplane"]
+    path = ["stokehold"]
     while getattr(command, "commands", None) and rest and rest[0] in command.commands:
         path.append(rest[0])
         command = command.commands[rest.pop(0)]
@@ -131,7 +131,7 @@ def jsonpath(obj: dict[str, Any], template: str, workdir: Path) -> str:
     path = workdir / "object.yaml"
     path.write_text(yaml.safe_dump(obj))
     done = subprocess.run(
-        [kubectl(), "annotate", "--local", "-f", str(path), "modelplane.ai/doc-check=1", "-o", f"jsonpath={template}"],
+        [kubectl(), "annotate", "--local", "-f", str(path), "stokehold.dev/doc-check=1", "-o", f"jsonpath={template}"],
         capture_output=True,
         text=True,
         timeout=30,

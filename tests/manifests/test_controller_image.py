@@ -74,7 +74,7 @@ def test_runs_as_the_non_root_user_the_deployment_expects() -> None:
     assert users, "the final stage sets no USER"
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) != 0, "a numeric non-root USER lets runAsNonRoot verify it"
-    pod = one(render("overlays/default"), "Deployment", "modelplane-controller")["spec"]["template"]["spec"]
+    pod = one(render("overlays/default"), "Deployment", "stokehold-controller")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == int(uid)
     assert pod["securityContext"]["runAsGroup"] == int(gid or uid)
 
@@ -82,8 +82,8 @@ def test_runs_as_the_non_root_user_the_deployment_expects() -> None:
 def test_entrypoint_runs_the_controller() -> None:
     entry = [a for k, a in stages()[-1] if k == "ENTRYPOINT"]
     cmd = [a for k, a in stages()[-1] if k == "CMD"]
-    assert entry == ['["modelplane"]']
-    container = one(render("overlays/default"), "Deployment", "modelplane-controller")["spec"]["template"]["spec"]["containers"][0]
+    assert entry == ['["stokehold"]']
+    container = one(render("overlays/default"), "Deployment", "stokehold-controller")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["controller", "run"]
     assert cmd == ['["controller", "run"]']
 
@@ -96,7 +96,7 @@ def test_dockerignore_keeps_the_virtualenv_out() -> None:
 
 
 def test_controller_starts_without_runtime_modules() -> None:
-    """What the image has (no runtime extras) is enough: `modelplane controller run` imports no vLLM, Ray, torch or openai."""
+    """What the image has (no runtime extras) is enough: `stokehold controller run` imports no vLLM, Ray, torch or openai."""
     blocker = (
         "import sys\n"
         "class Block:\n"

@@ -11,8 +11,8 @@ import pytest
 from controller.config import ControllerConfig
 from tests.manifests.kustomize import Doc, find, one, render
 
-NAMESPACE = "modelplane-system"
-SERVICE_ACCOUNT = "modelplane-controller"
+NAMESPACE = "stokehold-system"
+SERVICE_ACCOUNT = "stokehold-controller"
 INSTALLS = ("overlays/default", "overlays/nats", "overlays/full", "e2e/overlay")
 
 # What the controller calls, and nothing else (see controller/sinks and controller/leader.py):
@@ -30,7 +30,7 @@ EXPECTED_NAMESPACE_RULES = [
 
 
 def controller_deployment(docs: list[Doc]) -> Doc:
-    return one(docs, "Deployment", "modelplane-controller")
+    return one(docs, "Deployment", "stokehold-controller")
 
 
 def controller_container(docs: list[Doc]) -> Doc:
@@ -42,7 +42,7 @@ def controller_container(docs: list[Doc]) -> Doc:
 def env_of(docs: list[Doc]) -> dict[str, str]:
     """The controller's environment as the kubelet would build it: envFrom in order, then env (downward API resolved)."""
     container = controller_container(docs)
-    pod_name = "modelplane-controller-7d9f-abcde"
+    pod_name = "stokehold-controller-7d9f-abcde"
     environment: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -67,16 +67,16 @@ def test_two_replicas_with_leader_election(overlay: str) -> None:
     docs = render(overlay)
     assert controller_deployment(docs)["spec"]["replicas"] == 2
     environment = env_of(docs)
-    assert environment["MODELPLANE_LEADER_ELECTION"] == "true"
-    assert environment["MODELPLANE_LEASE_NAMESPACE"] == NAMESPACE
-    pdb = one(docs, "PodDisruptionBudget", "modelplane-controller")
+    assert environment["STOKEHOLD_LEADER_ELECTION"] == "true"
+    assert environment["STOKEHOLD_LEASE_NAMESPACE"] == NAMESPACE
+    pdb = one(docs, "PodDisruptionBudget", "stokehold-controller")
     assert pdb["spec"]["minAvailable"] == 1
 
 
 @pytest.mark.parametrize("overlay", INSTALLS)
 def test_environment_is_a_valid_controller_configuration(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ConfigMap + Secret + env the Deployment gets parse into the controller's own settings model."""
-    for name in [n for n in os.environ if n.startswith("MODELPLANE_")]:
+    for name in [n for n in os.environ if n.startswith("STOKEHOLD_")]:
         monkeypatch.delenv(name)
     environment = env_of(render(overlay))
     for name, value in environment.items():
@@ -85,7 +85,7 @@ def test_environment_is_a_valid_controller_configuration(overlay: str, monkeypat
     assert config.leader_election is True
     assert config.sink == "kube"
     assert config.lease_namespace == NAMESPACE
-    assert config.identity == "modelplane-controller-7d9f-abcde"
+    assert config.identity == "stokehold-controller-7d9f-abcde"
     assert config.nats.url == ["nats://nats.nats.svc.cluster.local:4222"]
     assert str(config.metrics_port) == str(probe_port(render(overlay)))
 
@@ -105,8 +105,8 @@ def test_probes_and_metrics_service(overlay: str) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     port = probe_port(docs)
-    assert env_of(docs)["MODELPLANE_METRICS_PORT"] == str(port)
-    service = one(docs, "Service", "modelplane-controller-metrics")
+    assert env_of(docs)["STOKEHOLD_METRICS_PORT"] == str(port)
+    service = one(docs, "Service", "stokehold-controller-metrics")
     pod_labels = controller_deployment(docs)["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -142,16 +142,16 @@ def test_nats_secret_is_optional_by_default_and_required_with_the_nats_overlay()
         return next(s["secretRef"] for s in controller_container(docs)["envFrom"] if "secretRef" in s)
 
     default = render("overlays/default")
-    assert secret_ref(default) == {"name": "modelplane-nats", "optional": True}
+    assert secret_ref(default) == {"name": "stokehold-nats", "optional": True}
     assert find(default, "Secret") == []
     for overlay in ("overlays/nats", "overlays/full"):
         docs = render(overlay)
         ref = secret_ref(docs)
         assert ref["optional"] is False
         secret = one(docs, "Secret", ref["name"])
-        assert "MODELPLANE_NATS_URL" in secret["data"]
+        assert "STOKEHOLD_NATS_URL" in secret["data"]
         mounts = {m["name"]: m for m in controller_container(docs)["volumeMounts"]}
-        assert mounts["nats-files"] == {"name": "nats-files", "mountPath": "/etc/modelplane/nats", "readOnly": True}
+        assert mounts["nats-files"] == {"name": "nats-files", "mountPath": "/etc/stokehold/nats", "readOnly": True}
         volume = next(v for v in controller_deployment(docs)["spec"]["template"]["spec"]["volumes"] if v["name"] == "nats-files")
         assert volume["secret"]["optional"] is True
 
@@ -177,8 +177,8 @@ def test_rbac_grants_exactly_what_the_controller_uses(overlay: str) -> None:
     docs = render(overlay)
     roles = find(docs, "ClusterRole") + find(docs, "Role")
     assert sorted((d["kind"], d["metadata"]["name"]) for d in roles) == [
-        ("ClusterRole", "modelplane-controller"),
-        ("Role", "modelplane-controller-leader-election"),
+        ("ClusterRole", "stokehold-controller"),
+        ("Role", "stokehold-controller-leader-election"),
     ]
     assert one(docs, "ClusterRole")["rules"] == EXPECTED_CLUSTER_RULES
     role = one(docs, "Role")
@@ -197,10 +197,10 @@ def test_bindings_give_the_roles_to_the_controller_only(overlay: str) -> None:
     docs = render(overlay)
     subject = [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]
     cluster_binding = one(docs, "ClusterRoleBinding")
-    assert cluster_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelplane-controller"}
+    assert cluster_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "stokehold-controller"}
     assert cluster_binding["subjects"] == subject
     binding = one(docs, "RoleBinding")
     assert binding["metadata"]["namespace"] == NAMESPACE
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "modelplane-controller-leader-election"}
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "stokehold-controller-leader-election"}
     assert binding["subjects"] == subject
     assert one(docs, "ServiceAccount", SERVICE_ACCOUNT)["metadata"]["namespace"] == NAMESPACE

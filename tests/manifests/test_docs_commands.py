@@ -1,7 +1,7 @@
-"""The commands in docs/kubectl.md and docs/install.md work on what modelplane creates.
+"""The commands in docs/kubectl.md and docs/install.md work on what stokehold creates.
 
 kubectl output expressions run through the installed kubectl on an InferenceService the
-controller's renderer produced; label selectors use labels it sets; `modelplane` command
+controller's renderer produced; label selectors use labels it sets; `stokehold` command
 lines parse with the CLI itself.
 """
 
@@ -18,11 +18,11 @@ from controller.state import Deployment
 from templates.catalog import load_catalog
 from tests.manifests.commands import (
     CommandLineError,
-    check_modelplane_args,
+    check_stokehold_args,
     custom_columns,
     jsonpath,
     label_selectors,
-    modelplane_args,
+    stokehold_args,
     output_spec,
     selector_keys,
     shell_lines,
@@ -62,12 +62,12 @@ def output_lines(markdown: str) -> list[tuple[str, str, str]]:
 
 def test_docs_have_the_commands_users_need() -> None:
     lines = shell_lines(KUBECTL_MD)
-    assert any("get isvc" in line and "-l modelplane.ai/template=" in line for line in lines)
-    assert any("custom-columns" in line and "content-hash" in line and "modelplane\\.ai/version" in line for line in lines)
+    assert any("get isvc" in line and "-l stokehold.dev/template=" in line for line in lines)
+    assert any("custom-columns" in line and "content-hash" in line and "stokehold\\.ai/version" in line for line in lines)
     assert any(line.startswith("kubectl describe isvc") for line in lines)
     assert any(".status.conditions" in line for line in lines)
     for verb in ("publish", "deploy", "status", "stop", "resume"):
-        assert any(line.startswith(f"kubectl modelplane {verb}") for line in lines), verb
+        assert any(line.startswith(f"kubectl stokehold {verb}") for line in lines), verb
 
 
 def test_every_output_expression_extracts_something(isvc: dict[str, Any], tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_documented_columns_show_version_hash_and_readiness(isvc: dict[str, Any]
     expression = next(e for _, kind, e in output_lines(KUBECTL_MD) if kind == "custom-columns" and "HASH" in e)
     values = {name: jsonpath(isvc, "{" + path + "}", tmp_path) for name, path in custom_columns(expression)}
     assert values["VERSION"] == "1"
-    assert values["HASH"] == isvc["metadata"]["annotations"]["modelplane.ai/content-hash"]
+    assert values["HASH"] == isvc["metadata"]["annotations"]["stokehold.dev/content-hash"]
     assert values["HASH"].startswith("sha256:")
     assert values["READY"] == "False"
     stopped = next(o for o in output_lines(KUBECTL_MD) if o[1] == "custom-columns" and "STOPPED" in o[2])
@@ -103,27 +103,27 @@ def test_condition_listing_explains_the_failure(isvc: dict[str, Any], tmp_path: 
 
 
 @pytest.mark.parametrize("markdown", [KUBECTL_MD, INSTALL_MD], ids=["kubectl.md", "install.md"])
-def test_label_selectors_use_labels_modelplane_sets(markdown: str, isvc: dict[str, Any]) -> None:
+def test_label_selectors_use_labels_stokehold_sets(markdown: str, isvc: dict[str, Any]) -> None:
     rendered = set(isvc["metadata"]["labels"]) | KSERVE_POD_LABELS
     selectors = [s for line in shell_lines(markdown) if "isvc" in line or "pods" in line for s in label_selectors(line)]
     assert selectors
     for selector in selectors:
         for key in selector_keys(selector):
-            assert key in rendered or key.startswith("template.modelplane.ai/"), f"{key!r} is not a label modelplane sets"
+            assert key in rendered or key.startswith("template.stokehold.dev/"), f"{key!r} is not a label stokehold sets"
 
 
 @pytest.mark.parametrize("markdown", [KUBECTL_MD, INSTALL_MD], ids=["kubectl.md", "install.md"])
-def test_modelplane_command_lines_parse(markdown: str) -> None:
-    commands = [args for line in shell_lines(markdown) if (args := modelplane_args(line)) is not None]
+def test_stokehold_command_lines_parse(markdown: str) -> None:
+    commands = [args for line in shell_lines(markdown) if (args := stokehold_args(line)) is not None]
     assert commands
     for args in commands:
-        check_modelplane_args(args)
+        check_stokehold_args(args)
 
 
 def test_a_wrong_command_line_is_caught() -> None:
     with pytest.raises(CommandLineError, match="--namespaces"):
-        check_modelplane_args(["deploy", "gemma-7b-it", "--namespaces", "llm"])
+        check_stokehold_args(["deploy", "gemma-7b-it", "--namespaces", "llm"])
     with pytest.raises(CommandLineError, match="no such command"):
-        check_modelplane_args(["templates", "lists"])
+        check_stokehold_args(["templates", "lists"])
     with pytest.raises(CommandLineError, match="ref"):
-        check_modelplane_args(["deploy", "--namespace", "llm"])
+        check_stokehold_args(["deploy", "--namespace", "llm"])

@@ -108,8 +108,8 @@ def test_plan_covers_the_whole_path_in_order(dry_run: tuple[str, Path]) -> None:
         r"^docker build -f \S+/runtimes/Dockerfile\.cpu ",
         r"^kind load docker-image ",
         r"^kubectl apply -k \S+/manifests/e2e/overlay$",
-        r"modelplane publish \S+/templates/catalog/tiny-demo\.yaml$",
-        r"modelplane deploy tiny-demo --namespace \S+ --keep-hot ",
+        r"stokehold publish \S+/templates/catalog/tiny-demo\.yaml$",
+        r"stokehold deploy tiny-demo --namespace \S+ --keep-hot ",
         r"^kubectl wait inferenceservice/tiny-demo .*--for=condition=Ready",
         r"openai_call\.py ",  # warm call
         r"until \[ -z .*kubectl get pods .*serving\.kserve\.io/inferenceservice=tiny-demo",  # scaled to zero
@@ -229,18 +229,18 @@ def test_openai_call_reports_failure(fake_gateway: str, capsys: pytest.CaptureFi
     assert "failed" in captured.err and "x.e2e.example.com" in captured.err
 
 
-def test_modelplane_commands_of_the_plan_parse(dry_run: tuple[str, Path]) -> None:
-    from tests.manifests.commands import check_modelplane_args, modelplane_args
+def test_stokehold_commands_of_the_plan_parse(dry_run: tuple[str, Path]) -> None:
+    from tests.manifests.commands import check_stokehold_args, stokehold_args
 
-    commands = [args for _, _, cmds in steps(dry_run[0]) for line in cmds if (args := modelplane_args(line)) is not None]
+    commands = [args for _, _, cmds in steps(dry_run[0]) for line in cmds if (args := stokehold_args(line)) is not None]
     assert [args[0] for args in commands] == ["publish", "deploy"]
     for args in commands:
-        check_modelplane_args(args)
+        check_stokehold_args(args)
 
 
 def test_the_e2e_overlay_runs_the_images_the_script_builds() -> None:
     script = SCRIPT.read_text()
     built = {match.group(1) for match in re.finditer(r"^(?:CONTROLLER|RUNTIME)_IMAGE=(\S+)$", script, re.MULTILINE)}
-    ours = {image for image in re.findall(r"\bimage: (\S+)", rendered_text("e2e/overlay")) if "modelplane" in image}
-    assert built == {"dev.local/modelplane-controller:e2e", "dev.local/modelplane-runtime-cpu:e2e"}
+    ours = {image for image in re.findall(r"\bimage: (\S+)", rendered_text("e2e/overlay")) if "stokehold" in image}
+    assert built == {"dev.local/stokehold-controller:e2e", "dev.local/stokehold-runtime-cpu:e2e"}
     assert ours == built, f"the e2e install would pull {sorted(ours - built)} instead of the images kind-e2e.sh loads"

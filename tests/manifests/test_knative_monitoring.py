@@ -64,16 +64,16 @@ def full() -> list[Doc]:
 
 
 def test_service_monitor_selects_the_controller_metrics_service(full: list[Doc]) -> None:
-    monitor = one(full, "ServiceMonitor", "modelplane-controller")
-    service = one(full, "Service", "modelplane-controller-metrics")
+    monitor = one(full, "ServiceMonitor", "stokehold-controller")
+    service = one(full, "Service", "stokehold-controller-metrics")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert service["metadata"]["namespace"] in monitor["spec"]["namespaceSelector"]["matchNames"]
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
     assert [e["path"] for e in monitor["spec"]["endpoints"]] == ["/metrics"]
 
 
-def test_pod_monitor_selects_the_runtime_pods_modelplane_renders(full: list[Doc]) -> None:
-    monitor = one(full, "PodMonitor", "modelplane-runtimes")
+def test_pod_monitor_selects_the_runtime_pods_stokehold_renders(full: list[Doc]) -> None:
+    monitor = one(full, "PodMonitor", "stokehold-runtimes")
     spec = monitor["spec"]
     assert spec["namespaceSelector"] == {"any": True}
     # KServe copies the InferenceService's labels to its pods; these are the labels controller/render.py sets
@@ -85,10 +85,10 @@ def test_pod_monitor_selects_the_runtime_pods_modelplane_renders(full: list[Doc]
 
 
 def dashboard(full: list[Doc]) -> dict[str, object]:
-    config_map = one(full, "ConfigMap", "modelplane-grafana-dashboard")
+    config_map = one(full, "ConfigMap", "stokehold-grafana-dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert list(config_map["data"]) == ["modelplane.json"]
-    loaded: dict[str, object] = json.loads(config_map["data"]["modelplane.json"])
+    assert list(config_map["data"]) == ["stokehold.json"]
+    loaded: dict[str, object] = json.loads(config_map["data"]["stokehold.json"])
     return loaded
 
 
@@ -100,16 +100,16 @@ def expressions(board: dict[str, object]) -> dict[str, list[str]]:
 
 def test_dashboard_has_the_panels_users_look_at(full: list[Doc]) -> None:
     board = dashboard(full)
-    assert board["uid"] == "modelplane"
+    assert board["uid"] == "stokehold"
     panels = expressions(board)
     wanted = {
         "Requests": "vllm:request_success_total",
         "Time to first token": "vllm:time_to_first_token_seconds_bucket",
         "Tokens / s": "vllm:generation_tokens_total",
         "Replicas": "vllm:num_requests_running",
-        "Cold starts": "modelplane_runtime_cold_start_seconds",
-        "Cold-start time": "modelplane_runtime_cold_start_seconds",
-        "Dead letters": "modelplane_controller_dead_letters_total",
+        "Cold starts": "stokehold_runtime_cold_start_seconds",
+        "Cold-start time": "stokehold_runtime_cold_start_seconds",
+        "Dead letters": "stokehold_controller_dead_letters_total",
     }
     for title, needle in wanted.items():
         assert any(needle in expr for expr in panels[title]), f"panel {title!r} does not use {needle}"
@@ -118,7 +118,7 @@ def test_dashboard_has_the_panels_users_look_at(full: list[Doc]) -> None:
 
 
 VLLM_METRIC = re.compile(r"vllm:[a-z_]+")
-MODELPLANE_METRIC = re.compile(r"modelplane_[a-z_]+")
+STOKEHOLD_METRIC = re.compile(r"stokehold_[a-z_]+")
 # what each metric type exports (prometheus_client's names; a counter's family name has no _total)
 SERIES_SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count", "_created")}
 # target labels the Prometheus Operator puts on every scraped series
@@ -162,7 +162,7 @@ def vllm_families() -> dict[str, Family]:
     return families
 
 
-def modelplane_families() -> dict[str, Family]:
+def stokehold_families() -> dict[str, Family]:
     """The controller's and the runtime's own families, from the objects that register them."""
     runtime = RuntimeMetrics(CollectorRegistry())
     families: dict[str, Family] = {}
@@ -186,11 +186,11 @@ def _label_names(expression: str) -> set[str]:
 
 def test_dashboard_uses_series_and_labels_that_exist(full: list[Doc]) -> None:
     """Every series a panel queries is one its metric exports (type-aware suffix), with labels it has."""
-    vllm, ours = vllm_families(), modelplane_families()
+    vllm, ours = vllm_families(), stokehold_families()
     assert {"vllm:time_to_first_token_seconds", "vllm:num_requests_running"} <= set(vllm), "the source parse found nothing"
     relabelled = {
         r["targetLabel"]
-        for e in one(full, "PodMonitor", "modelplane-runtimes")["spec"]["podMetricsEndpoints"]
+        for e in one(full, "PodMonitor", "stokehold-runtimes")["spec"]["podMetricsEndpoints"]
         for r in e.get("relabelings", [])
         if "targetLabel" in r
     }
@@ -199,7 +199,7 @@ def test_dashboard_uses_series_and_labels_that_exist(full: list[Doc]) -> None:
     used_kinds: set[str] = set()
     for title, targets in expressions(dashboard(full)).items():
         for expression in targets:
-            used = set(VLLM_METRIC.findall(expression)) | set(MODELPLANE_METRIC.findall(expression))
+            used = set(VLLM_METRIC.findall(expression)) | set(STOKEHOLD_METRIC.findall(expression))
             problems += [f"{title}: {series} is not a series any metric exports" for series in sorted(used - set(exported))]
             known = [exported[series] for series in used if series in exported]
             used_kinds |= {"vllm" if name.startswith("vllm:") else name.split("_")[1] for name, _ in known}
@@ -212,17 +212,17 @@ def test_dashboard_uses_series_and_labels_that_exist(full: list[Doc]) -> None:
 
 
 def test_the_series_check_catches_a_wrong_suffix_and_label(full: list[Doc]) -> None:
-    vllm, ours = vllm_families(), modelplane_families()
+    vllm, ours = vllm_families(), stokehold_families()
     assert "vllm:num_requests_running_total" not in vllm["vllm:num_requests_running"].series("vllm:num_requests_running")  # a gauge
-    assert ours["modelplane_runtime_cold_start_seconds"].series("modelplane_runtime_cold_start_seconds") == {
-        "modelplane_runtime_cold_start_seconds"
+    assert ours["stokehold_runtime_cold_start_seconds"].series("stokehold_runtime_cold_start_seconds") == {
+        "stokehold_runtime_cold_start_seconds"
     }
     assert "finished_reason" in vllm["vllm:request_success"].labels and "model_name" in vllm["vllm:request_success"].labels
-    assert ours["modelplane_controller_sink_errors"] == Family("counter", frozenset({"kind"}))
+    assert ours["stokehold_controller_sink_errors"] == Family("counter", frozenset({"kind"}))
     assert _label_names('sum by (le, model_name) (rate(x{namespace=~"$ns", a!="b"}[5m]))') == {"le", "model_name", "namespace", "a"}
 
 
 def test_dashboard_config_map_has_a_stable_name(full: list[Doc]) -> None:
     # Grafana's sidecar loads every labelled ConfigMap; a hash suffix would leave stale copies behind
     names = [d["metadata"]["name"] for d in find(full, "ConfigMap") if d["metadata"].get("labels", {}).get("grafana_dashboard")]
-    assert names == ["modelplane-grafana-dashboard"]
+    assert names == ["stokehold-grafana-dashboard"]

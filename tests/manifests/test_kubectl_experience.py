@@ -1,6 +1,6 @@
-"""docs/kubectl.md, run as written: the `kubectl modelplane` plugin and the plain kubectl commands.
+"""docs/kubectl.md, run as written: the `kubectl stokehold` plugin and the plain kubectl commands.
 
-Everything is real except the cluster: kubectl finds the `kubectl-modelplane` console script on
+Everything is real except the cluster: kubectl finds the `kubectl-stokehold` console script on
 PATH and the plugin publishes to a real nats-server; the controller (in-process, kube sink,
 leader election) writes the InferenceService to the Kubernetes API emulator, which plays KServe
 for the status; the documented `kubectl get/describe isvc` lines (and the README's kubectl block) run
@@ -35,7 +35,7 @@ from tests.security.hostile import running_controller
 KUBECTL_MD = (REPO / "docs" / "kubectl.md").read_text()
 README_KUBECTL = (REPO / "README.md").read_text().split("\n## kubectl\n", 1)[1].split("\n## ", 1)[0]
 NAMESPACE, NAME = "llm", "gemma-7b-it"  # what the documentation's examples use
-IDENTITY = "modelplane-controller-7d9f-abcde"
+IDENTITY = "stokehold-controller-7d9f-abcde"
 FAILURE = 'Revision "gemma-7b-it-predictor-00001" failed with message: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.'
 
 
@@ -53,13 +53,13 @@ class Shell:
 
     def __init__(self, kube: KubernetesEmulator, nats_url: str, home: Path) -> None:
         plugin_dir = Path(sys.executable).parent
-        assert (plugin_dir / "kubectl-modelplane").exists(), "the kubectl-modelplane console script is not installed (pip install -e .)"
+        assert (plugin_dir / "kubectl-stokehold").exists(), "the kubectl-stokehold console script is not installed (pip install -e .)"
         assert kube.kubeconfig is not None
         self.env = {
             "PATH": os.pathsep.join([str(plugin_dir), str(Path(kubectl()).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
             "HOME": str(home),
             "KUBECONFIG": str(kube.kubeconfig),
-            "MODELPLANE_NATS_URL": nats_url,
+            "STOKEHOLD_NATS_URL": nats_url,
             "COLUMNS": "250",  # the plugin's tables are not folded
         }
 
@@ -104,8 +104,8 @@ def columns(table: str) -> list[dict[str, str]]:
 
 
 async def status_of(shell: Shell) -> dict[str, Any]:
-    """The documented `kubectl modelplane status --namespace llm`, in its JSON form."""
-    out = await shell(shlex.join(words(documented("kubectl modelplane status", "--namespace llm"))) + " --json")
+    """The documented `kubectl stokehold status --namespace llm`, in its JSON form."""
+    out = await shell(shlex.join(words(documented("kubectl stokehold status", "--namespace llm"))) + " --json")
     summaries = [s for s in json.loads(out) if s["name"] == NAME]
     assert len(summaries) == 1, out
     summary: dict[str, Any] = summaries[0]
@@ -122,7 +122,7 @@ async def wait_for_phase(shell: Shell, phase: str) -> dict[str, Any]:
         if summary is not None and summary["phase"] == phase:
             return summary
         await asyncio.sleep(0.2)
-    raise AssertionError(f"`kubectl modelplane status` never showed {phase}: {summary}")
+    raise AssertionError(f"`kubectl stokehold status` never showed {phase}: {summary}")
 
 
 async def test_the_documented_kubectl_workflow(
@@ -135,34 +135,34 @@ async def test_the_documented_kubectl_workflow(
 
 
 async def documented_workflow(shell: Shell, kube: KubernetesEmulator) -> None:
-    assert "/kubectl-modelplane\n" in await shell(documented("kubectl plugin list"))
-    assert "gemma-7b-it" in await shell(documented("kubectl modelplane templates list"))
+    assert "/kubectl-stokehold\n" in await shell(documented("kubectl plugin list"))
+    assert "gemma-7b-it" in await shell(documented("kubectl stokehold templates list"))
 
     # publish / deploy through the plugin; the controller creates the InferenceService
-    await shell(documented("kubectl modelplane publish", "gemma-7b-it.yaml"))
-    await shell(documented("kubectl modelplane deploy gemma-7b-it --namespace llm", "# latest"))
+    await shell(documented("kubectl stokehold publish", "gemma-7b-it.yaml"))
+    await shell(documented("kubectl stokehold deploy gemma-7b-it --namespace llm", "# latest"))
     isvc = await eventually(lambda: live(kube), "the controller to create the InferenceService", limit=30)
     content_hash = isvc["metadata"]["annotations"][HASH_ANNOTATION]
 
     # list a template's services by label
     for line in (
-        documented("kubectl get isvc -A -l app.kubernetes.io/managed-by=modelplane", exact=True),
-        documented("kubectl get isvc -A -l modelplane.ai/template=gemma-7b-it"),
-        documented("kubectl get isvc -A -l 'modelplane.ai/template=gemma-7b-it,modelplane.ai/version!=2'"),
+        documented("kubectl get isvc -A -l app.kubernetes.io/managed-by=stokehold", exact=True),
+        documented("kubectl get isvc -A -l stokehold.dev/template=gemma-7b-it"),
+        documented("kubectl get isvc -A -l 'stokehold.dev/template=gemma-7b-it,stokehold.dev/version!=2'"),
     ):
         rows = (await shell(line)).strip().splitlines()
         assert [row.split()[:2] for row in rows[1:]] == [[NAMESPACE, NAME]], line
-    assert "No resources found" in await shell(documented("kubectl get isvc -A -l template.modelplane.ai/family=llama"))
+    assert "No resources found" in await shell(documented("kubectl get isvc -A -l template.stokehold.dev/family=llama"))
 
     # version and content hash
-    table = columns(await shell(documented("kubectl get isvc -n llm -l modelplane.ai/template=gemma-7b-it", "custom-columns")))
+    table = columns(await shell(documented("kubectl get isvc -n llm -l stokehold.dev/template=gemma-7b-it", "custom-columns")))
     assert table == [{"NAME": NAME, "VERSION": "1", "HASH": content_hash, "READY": "<none>", "URL": "<none>"}]
     assert await shell(documented("kubectl get isvc gemma-7b-it -n llm", "content-hash}'")) == content_hash
-    assert await shell(documented("kubectl get isvc gemma-7b-it -n llm", "modelplane\\.ai/version}'")) == "1"
+    assert await shell(documented("kubectl get isvc gemma-7b-it -n llm", "stokehold\\.ai/version}'")) == "1"
     assert (await shell(documented("kubectl get isvc gemma-7b-it -n llm", "served-model-name}"))).strip() == "google/gemma-7b-it"
     requested = await wait_for_phase(shell, "Loading")  # applied, KServe has not reported yet
     assert (requested["template"], requested["version"], requested["load_status"]) == (NAME, 1, "REQUESTED")
-    assert NAME in await shell(documented("kubectl modelplane status", "--namespace llm"))  # the table, as documented
+    assert NAME in await shell(documented("kubectl stokehold status", "--namespace llm"))  # the table, as documented
 
     # why it failed: KServe reports the revision as failed
     kube.set_isvc_status(NAMESPACE, NAME, ready=False, reason="RevisionFailed", message=FAILURE)
@@ -173,7 +173,7 @@ async def documented_workflow(shell: Shell, kube: KubernetesEmulator) -> None:
     assert "RevisionFailed" in described and "Insufficient nvidia.com/gpu" in described
     failed = await wait_for_phase(shell, "Failed")
     assert "Insufficient nvidia.com/gpu" in failed["reason"]
-    assert await shell(documented("kubectl get lease modelplane-controller -n modelplane-system")) == IDENTITY
+    assert await shell(documented("kubectl get lease stokehold-controller -n stokehold-system")) == IDENTITY
     readme_lines = shell_lines(README_KUBECTL)
     assert len(readme_lines) == 4
     for line in readme_lines:  # the README's short version
@@ -183,25 +183,25 @@ async def documented_workflow(shell: Shell, kube: KubernetesEmulator) -> None:
     # a pinned redeploy with a keep-hot time, then one that never scales to zero
     keep_hot = documented("kubectl get isvc gemma-7b-it -n llm", "scale-to-zero-pod-retention-period")
     max_replicas = isvc["spec"]["predictor"]["maxReplicas"]
-    await shell(documented("kubectl modelplane deploy gemma-7b-it@1 --namespace llm", "--keep-hot 30m"))
+    await shell(documented("kubectl stokehold deploy gemma-7b-it@1 --namespace llm", "--keep-hot 30m"))
     await eventually(lambda: live_annotations(kube).get(RETENTION_ANNOTATION) == "1800s", "the keep-hot redeploy", limit=30)
     assert await shell(keep_hot) == f"1800s 0-{max_replicas}"
-    await shell(documented("kubectl modelplane deploy gemma-7b-it --namespace llm", "--min-replicas 1"))
+    await shell(documented("kubectl stokehold deploy gemma-7b-it --namespace llm", "--min-replicas 1"))
     await eventually(lambda: live_min_replicas(kube) == 1, "the min-replicas redeploy", limit=30)
     assert await shell(keep_hot) == f" 1-{max_replicas}"  # no retention period: it never scales to zero
     kube.set_isvc_status(NAMESPACE, NAME, ready=True)
     assert (await wait_for_phase(shell, "Ready"))["url"] == "http://gemma-7b-it.llm.example.com"
 
     # stop and resume
-    stopped = documented("kubectl get isvc -A -l app.kubernetes.io/managed-by=modelplane", "STOPPED")
-    await shell(documented("kubectl modelplane stop gemma-7b-it --namespace llm"))
+    stopped = documented("kubectl get isvc -A -l app.kubernetes.io/managed-by=stokehold", "STOPPED")
+    await shell(documented("kubectl stokehold stop gemma-7b-it --namespace llm"))
     await eventually(lambda: STOP_ANNOTATION in live_annotations(kube), "the stop", limit=30)
     assert columns(await shell(stopped)) == [{"NAMESPACE": NAMESPACE, "NAME": NAME, "STOPPED": "true"}]
-    await shell(documented("kubectl modelplane resume gemma-7b-it --namespace llm"))
+    await shell(documented("kubectl stokehold resume gemma-7b-it --namespace llm"))
     await eventually(lambda: STOP_ANNOTATION not in live_annotations(kube), "the resume", limit=30)
     assert columns(await shell(stopped)) == [{"NAMESPACE": NAMESPACE, "NAME": NAME, "STOPPED": "<none>"}]
 
     # and gone
-    await shell(documented("kubectl modelplane undeploy gemma-7b-it --namespace llm"))
+    await shell(documented("kubectl stokehold undeploy gemma-7b-it --namespace llm"))
     await eventually(lambda: live(kube) is None, "the undeploy", limit=30)
-    assert "No resources found" in await shell(documented("kubectl get isvc -A -l app.kubernetes.io/managed-by=modelplane", exact=True))
+    assert "No resources found" in await shell(documented("kubectl get isvc -A -l app.kubernetes.io/managed-by=stokehold", exact=True))

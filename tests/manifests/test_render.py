@@ -95,14 +95,14 @@ def test_user_overlay_replaces_the_nats_secret(tmp_path: Path) -> None:
     """The documented way to bring real credentials: an own overlay on overlays/nats with `behavior: replace`."""
     repo_manifests = Path(__file__).resolve().parents[2] / "manifests"
     (tmp_path / "nats.env").write_text(
-        "MODELPLANE_NATS_URL=tls://nats.prod.example:4222\nMODELPLANE_NATS_USER=modelplane\nMODELPLANE_NATS_PASSWORD=s3cret\n"
+        "STOKEHOLD_NATS_URL=tls://nats.prod.example:4222\nSTOKEHOLD_NATS_USER=stokehold\nSTOKEHOLD_NATS_PASSWORD=s3cret\n"
     )
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
                 "resources": [os.path.relpath(repo_manifests / "overlays" / "nats", tmp_path)],
                 "secretGenerator": [
-                    {"name": "modelplane-nats", "namespace": "modelplane-system", "behavior": "replace", "envs": ["nats.env"]}
+                    {"name": "stokehold-nats", "namespace": "stokehold-system", "behavior": "replace", "envs": ["nats.env"]}
                 ],
             }
         )
@@ -111,8 +111,8 @@ def test_user_overlay_replaces_the_nats_secret(tmp_path: Path) -> None:
     secrets = [doc for doc in docs if doc["kind"] == "Secret"]
     assert len(secrets) == 1
     secret = secrets[0]
-    assert sorted(secret["data"]) == ["MODELPLANE_NATS_PASSWORD", "MODELPLANE_NATS_URL", "MODELPLANE_NATS_USER"]
-    assert base64.b64decode(secret["data"]["MODELPLANE_NATS_URL"]).decode() == "tls://nats.prod.example:4222"
+    assert sorted(secret["data"]) == ["STOKEHOLD_NATS_PASSWORD", "STOKEHOLD_NATS_URL", "STOKEHOLD_NATS_USER"]
+    assert base64.b64decode(secret["data"]["STOKEHOLD_NATS_URL"]).decode() == "tls://nats.prod.example:4222"
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     secret_refs = [
         source["secretRef"] for source in deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"] if "secretRef" in source

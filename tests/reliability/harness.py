@@ -36,7 +36,7 @@ from tests.k8s_emulator.store import WatchEvent
 from tests.reliability.workload import ExpectedObject, PlannedEvent, Workload
 
 PUBLISH_RETRY_S = 0.1
-DURABLE = "modelplane-controller"  # the controller's default durable consumer
+DURABLE = "stokehold-controller"  # the controller's default durable consumer
 
 
 async def publish_reliably(nc: NatsClient, events: Iterable[PlannedEvent], *, rate: float | None = None) -> dict[str, int]:

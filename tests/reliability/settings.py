@@ -1,4 +1,4 @@
-"""Sizes of the reliability tests: bounded in `make test`, larger under `make soak` (MODELPLANE_SOAK=1)."""
+"""Sizes of the reliability tests: bounded in `make test`, larger under `make soak` (STOKEHOLD_SOAK=1)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.fixtures.controller_process import ControllerProcess
 from tests.k8s_emulator import KubernetesEmulator
 
-SOAK = os.environ.get("MODELPLANE_SOAK") == "1"
+SOAK = os.environ.get("STOKEHOLD_SOAK") == "1"
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,13 @@ SIZES = (
     if SOAK
     else Sizes(events=1000, templates=20, trials=3, kills_per_trial=2, fuzz_examples=400)
 )
-SEED = int(os.environ.get("MODELPLANE_RELIABILITY_SEED", "20261130"))
+SEED = int(os.environ.get("STOKEHOLD_RELIABILITY_SEED", "20261130"))
 
 # Quick redelivery after a kill (ack wait) and short retry delays, so a trial takes seconds, not minutes.
 FAST_RETRIES = {
-    "MODELPLANE_ACK_WAIT_S": "5",
-    "MODELPLANE_RETRY_BACKOFF_S": "0.1",
-    "MODELPLANE_RETRY_BACKOFF_MAX_S": "2",
+    "STOKEHOLD_ACK_WAIT_S": "5",
+    "STOKEHOLD_RETRY_BACKOFF_S": "0.1",
+    "STOKEHOLD_RETRY_BACKOFF_MAX_S": "2",
 }
 
 
@@ -40,5 +40,5 @@ def kube_controller(emulator: KubernetesEmulator, nats_url: str, *, root: str, n
     """The controller process with the kube sink against the emulator, on its own stream and subjects."""
     assert emulator.kubeconfig is not None
     args = ["--sink", "kube", "--kubeconfig", str(emulator.kubeconfig), "--nats-url", nats_url, "--namespace", namespace]
-    env = {**FAST_RETRIES, "MODELPLANE_STREAM": root.upper(), "MODELPLANE_SUBJECT_ROOT": root, "MODELPLANE_LOG_LEVEL": "WARNING", **env}
+    env = {**FAST_RETRIES, "STOKEHOLD_STREAM": root.upper(), "STOKEHOLD_SUBJECT_ROOT": root, "STOKEHOLD_LOG_LEVEL": "WARNING", **env}
     return ControllerProcess(args, log, env)

@@ -220,7 +220,7 @@ def bad_messages(draw: st.DrawFn) -> Message:
                 [
                     ("ce-specversion", "0.3"),
                     ("ce-specversion", "2.0"),
-                    ("ce-type", "ai.modelplane.no.such.event"),
+                    ("ce-type", "dev.stokehold.no.such.event"),
                     ("ce-type", "com.example.template.version.published"),
                     ("ce-time", "yesterday"),
                     ("ce-time", "2026-13-45T99:00:00Z"),

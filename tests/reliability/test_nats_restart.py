@@ -27,7 +27,7 @@ ROOT, NAMESPACE = "restart", "nats-restart"
 
 def reconnects(port: int) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0).text
-    match = re.search(r"^modelplane_controller_nats_reconnects_total (\S+)$", text, re.MULTILINE)
+    match = re.search(r"^stokehold_controller_nats_reconnects_total (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 

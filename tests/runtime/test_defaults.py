@@ -86,7 +86,7 @@ def test_settings_from_the_env_the_controller_renders() -> None:
 
 
 def test_settings_defaults_and_secrets() -> None:
-    settings = RuntimeSettings.from_env({"MODELPLANE_API_KEY": "s3cret-key", "MODELPLANE_DRAIN_SECONDS": "5"})
+    settings = RuntimeSettings.from_env({"STOKEHOLD_API_KEY": "s3cret-key", "STOKEHOLD_DRAIN_SECONDS": "5"})
     assert settings.max_concurrency is None and settings.task == "generate" and settings.drain_seconds == 5
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "s3cret-key"
     assert "s3cret-key" not in repr(settings)
@@ -95,13 +95,13 @@ def test_settings_defaults_and_secrets() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"MODELPLANE_MAX_CONCURRENCY": "0"}, "MODELPLANE_MAX_CONCURRENCY: Input should be greater than or equal to 1"),
-        ({"MODELPLANE_MAX_CONCURRENCY": "many"}, "MODELPLANE_MAX_CONCURRENCY"),
-        ({"MODELPLANE_TASK": "chat"}, "MODELPLANE_TASK"),
-        ({"MODELPLANE_GENERATION_DEFAULTS": "{not json"}, "MODELPLANE_GENERATION_DEFAULTS is not valid JSON"),
-        ({"MODELPLANE_GENERATION_DEFAULTS": '{"sampling": {"temperature": 9}}'}, "MODELPLANE_GENERATION_DEFAULTS.sampling.temperature"),
-        ({"MODELPLANE_GENERATION_DEFAULTS": '{"prompt_format": "no placeholder"}'}, "{instruction}"),
-        ({"MODELPLANE_TASK": "embed", "MODELPLANE_GENERATION_DEFAULTS": '{"stop": ["x"]}'}, "does not apply to an embedding model"),
+        ({"STOKEHOLD_MAX_CONCURRENCY": "0"}, "STOKEHOLD_MAX_CONCURRENCY: Input should be greater than or equal to 1"),
+        ({"STOKEHOLD_MAX_CONCURRENCY": "many"}, "STOKEHOLD_MAX_CONCURRENCY"),
+        ({"STOKEHOLD_TASK": "chat"}, "STOKEHOLD_TASK"),
+        ({"STOKEHOLD_GENERATION_DEFAULTS": "{not json"}, "STOKEHOLD_GENERATION_DEFAULTS is not valid JSON"),
+        ({"STOKEHOLD_GENERATION_DEFAULTS": '{"sampling": {"temperature": 9}}'}, "STOKEHOLD_GENERATION_DEFAULTS.sampling.temperature"),
+        ({"STOKEHOLD_GENERATION_DEFAULTS": '{"prompt_format": "no placeholder"}'}, "{instruction}"),
+        ({"STOKEHOLD_TASK": "embed", "STOKEHOLD_GENERATION_DEFAULTS": '{"stop": ["x"]}'}, "does not apply to an embedding model"),
     ],
 )
 def test_bad_env_names_the_variable(env: dict[str, str], message: str) -> None:
@@ -112,6 +112,6 @@ def test_bad_env_names_the_variable(env: dict[str, str], message: str) -> None:
 
 def test_whitespace_in_formats_and_stops_is_kept() -> None:
     raw = {"prompt_format": "### Instruction:\n{instruction}\n### Response:\n", "stop": ["\nUser:", "\n\n"]}
-    settings = RuntimeSettings.from_env({"MODELPLANE_GENERATION_DEFAULTS": json.dumps(raw)})
+    settings = RuntimeSettings.from_env({"STOKEHOLD_GENERATION_DEFAULTS": json.dumps(raw)})
     assert settings.generation.prompt_format == raw["prompt_format"]
     assert settings.generation.stop == raw["stop"]

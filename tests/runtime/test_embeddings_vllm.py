@@ -1,4 +1,4 @@
-"""An embedding template (MODELPLANE_TASK=embed): vLLM's pooling runner behind the same runtime."""
+"""An embedding template (STOKEHOLD_TASK=embed): vLLM's pooling runner behind the same runtime."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ MODEL = "tiny-embed"
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     port = free_port()
     command = runtime_command(tiny_model_dir, MODEL, port, "--dtype=float32", "--enforce-eager", "--max-model-len=512")
-    runtime = LocalServer(command, port, tmp_path_factory.mktemp("logs") / "embed.log", {"MODELPLANE_TASK": "embed"})
+    runtime = LocalServer(command, port, tmp_path_factory.mktemp("logs") / "embed.log", {"STOKEHOLD_TASK": "embed"})
     with runtime:
         runtime.wait_until("/ready", timeout=400)
         yield runtime

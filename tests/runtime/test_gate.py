@@ -98,7 +98,7 @@ async def test_api_key(stand_in: StandIn, registry: CollectorRegistry) -> None:
         # probes and scraping need no key
         for path in ("/health", "/ready", "/metrics", "/ping", "/version"):
             assert (await client.get(path)).status_code == 200
-    assert metric(registry, "modelplane_runtime_rejected_requests_total", reason="unauthorized") == 4
+    assert metric(registry, "stokehold_runtime_rejected_requests_total", reason="unauthorized") == 4
     assert stand_in.entered == 7
 
 
@@ -107,7 +107,7 @@ async def test_overload_answers_429_with_retry_after(stand_in: StandIn, registry
     async with make_client(gate) as client:
         held = [asyncio.create_task(client.post("/v1/completions", json={"hold": True})) for _ in range(2)]
         await stand_in.wait_for_arrivals(2)
-        assert gate.in_flight == 2 and metric(registry, "modelplane_runtime_in_flight_requests") == 2
+        assert gate.in_flight == 2 and metric(registry, "stokehold_runtime_in_flight_requests") == 2
         response = await client.post("/v1/completions", json={})
         assert_openai_error(response, 429, "rate_limit_exceeded")
         assert response.headers["retry-after"] == "1"
@@ -115,10 +115,10 @@ async def test_overload_answers_429_with_retry_after(stand_in: StandIn, registry
         assert (await client.get("/v1/models")).status_code == 200
         stand_in.release.set()
         assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
-        assert gate.in_flight == 0 and metric(registry, "modelplane_runtime_in_flight_requests") == 0
+        assert gate.in_flight == 0 and metric(registry, "stokehold_runtime_in_flight_requests") == 0
         assert (await client.post("/v1/completions", json={})).status_code == 200
-    assert metric(registry, "modelplane_runtime_rejected_requests_total", reason="overloaded") == 1
-    assert metric(registry, "modelplane_runtime_max_concurrency") == 2
+    assert metric(registry, "stokehold_runtime_rejected_requests_total", reason="overloaded") == 1
+    assert metric(registry, "stokehold_runtime_max_concurrency") == 2
 
 
 async def test_drain_refuses_new_requests_and_waits_for_those_in_flight(stand_in: StandIn, registry: CollectorRegistry) -> None:
@@ -138,8 +138,8 @@ async def test_drain_refuses_new_requests_and_waits_for_those_in_flight(stand_in
         stand_in.release.set()
         assert (await held).status_code == 200
         await asyncio.wait_for(waiting, 5)
-    assert metric(registry, "modelplane_runtime_rejected_requests_total", reason="draining") == 2
-    assert metric(registry, "modelplane_runtime_draining") == 1
+    assert metric(registry, "stokehold_runtime_rejected_requests_total", reason="draining") == 2
+    assert metric(registry, "stokehold_runtime_draining") == 1
 
 
 async def test_defaults_are_added_to_the_body(stand_in: StandIn, registry: CollectorRegistry) -> None:

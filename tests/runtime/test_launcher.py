@@ -18,9 +18,9 @@ def test_missing_model_directory_stops_with_a_message(capsys: pytest.CaptureFixt
 
 
 def test_bad_environment_stops_with_a_message(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("MODELPLANE_MAX_CONCURRENCY", "-3")
+    monkeypatch.setenv("STOKEHOLD_MAX_CONCURRENCY", "-3")
     assert main(["head", f"--model={tmp_path}"]) == 2
-    assert "MODELPLANE_MAX_CONCURRENCY" in capsys.readouterr().err
+    assert "STOKEHOLD_MAX_CONCURRENCY" in capsys.readouterr().err
 
 
 def test_worker_rejects_vllm_arguments() -> None:
@@ -43,7 +43,7 @@ def test_cpu_gets_a_fixed_kv_cache_unless_one_is_given() -> None:
     assert cpu_kv_cache_env(["--kv-cache-memory-bytes=1G"], {}, on_gpu=False) == {}
 
 
-def test_modelplane_runtime_passes_arguments_through(tmp_path: Path) -> None:
+def test_stokehold_runtime_passes_arguments_through(tmp_path: Path) -> None:
     result = CliRunner().invoke(serve_app, ["head", f"--model={tmp_path / 'absent'}", "--executor", "mp"])
     assert result.exit_code == 2
     assert "does not exist" in result.output

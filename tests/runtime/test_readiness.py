@@ -36,7 +36,7 @@ class Engine:
 
 
 def probes(registry: CollectorRegistry, result: str) -> float:
-    return registry.get_sample_value("modelplane_runtime_readiness_probes_total", {"result": result}) or 0.0
+    return registry.get_sample_value("stokehold_runtime_readiness_probes_total", {"result": result}) or 0.0
 
 
 async def test_result_is_cached_for_the_configured_seconds() -> None:

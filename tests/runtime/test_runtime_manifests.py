@@ -38,7 +38,7 @@ def test_both_runtimes_render_valid_and_match_the_controller(runtimes: list[dict
 
 
 def test_single_node_runtime(runtimes: list[dict[str, Any]]) -> None:
-    runtime = one(runtimes, "ClusterServingRuntime", "modelplane-vllm-ray")
+    runtime = one(runtimes, "ClusterServingRuntime", "stokehold-vllm-ray")
     spec, main = runtime["spec"], container(runtime)
     assert {(f["name"], f["autoSelect"]) for f in spec["supportedModelFormats"]} == {("vllm", True), ("huggingface", True)}
     assert main["command"] == ["python3", "-m", "runtimes", "head"]
@@ -54,7 +54,7 @@ def test_single_node_runtime(runtimes: list[dict[str, Any]]) -> None:
 
 
 def test_multinode_runtime_has_a_ray_head_and_workers(runtimes: list[dict[str, Any]]) -> None:
-    runtime = one(runtimes, "ClusterServingRuntime", "modelplane-vllm-ray-multinode")
+    runtime = one(runtimes, "ClusterServingRuntime", "stokehold-vllm-ray-multinode")
     spec, head = runtime["spec"], container(runtime)
     assert head["command"] == ["python3", "-m", "runtimes", "head"] and "--executor=ray" in head["args"]
     assert head["ports"][0]["name"] == "http"  # raw deployment: the PodMonitor scrapes this name

@@ -39,10 +39,10 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     port = free_port()
     defaults = {"prompt_format": PROMPT_FORMAT, "stop": [STOP_WORD], "sampling": {"max_tokens": DEFAULT_MAX_TOKENS, "temperature": 0.0}}
     env = {
-        "MODELPLANE_API_KEY": API_KEY,
-        "MODELPLANE_MAX_CONCURRENCY": str(MAX_CONCURRENCY),
-        "MODELPLANE_GENERATION_DEFAULTS": json.dumps(defaults),
-        "MODELPLANE_DRAIN_SECONDS": "120",
+        "STOKEHOLD_API_KEY": API_KEY,
+        "STOKEHOLD_MAX_CONCURRENCY": str(MAX_CONCURRENCY),
+        "STOKEHOLD_GENERATION_DEFAULTS": json.dumps(defaults),
+        "STOKEHOLD_DRAIN_SECONDS": "120",
     }
     command = runtime_command(tiny_model_dir, MODEL, port, "--dtype=float32", "--enforce-eager", "--max-model-len=2048")
     runtime = LocalServer(command, port, tmp_path_factory.mktemp("logs") / "runtime.log", env)
@@ -196,11 +196,11 @@ def test_api_key_is_required_except_for_probes(server: LocalServer) -> None:
 def test_metrics_cover_vllm_and_the_runtime(server: LocalServer) -> None:
     text = httpx.get(server.base_url + "/metrics", timeout=10).text
     assert "vllm:num_requests_running" in text
-    cold_start = metric(server, "modelplane_runtime_cold_start_seconds")
+    cold_start = metric(server, "stokehold_runtime_cold_start_seconds")
     assert cold_start > 1.0 and cold_start < 400
-    assert metric(server, "modelplane_runtime_readiness_probes_total", result="ready") >= 1
-    assert metric(server, "modelplane_runtime_rejected_requests_total", reason="unauthorized") >= 2
-    assert metric(server, "modelplane_runtime_max_concurrency") == MAX_CONCURRENCY
+    assert metric(server, "stokehold_runtime_readiness_probes_total", result="ready") >= 1
+    assert metric(server, "stokehold_runtime_rejected_requests_total", reason="unauthorized") >= 2
+    assert metric(server, "stokehold_runtime_max_concurrency") == MAX_CONCURRENCY
 
 
 OVERFLOW = 6  # requests sent at once while every slot is taken
@@ -253,7 +253,7 @@ def streamed(response: httpx.Response) -> tuple[str | None, int]:
 async def hold(server: LocalServer, count: int, **request: Any) -> list[HeldRequest]:
     held = [HeldRequest(server, **request) for _ in range(count)]
     for _ in range(500):
-        if metric(server, "modelplane_runtime_in_flight_requests") == count:
+        if metric(server, "stokehold_runtime_in_flight_requests") == count:
             return held
         await asyncio.sleep(0.02)
     raise AssertionError(f"the server never counted {count} requests in flight")
@@ -265,7 +265,7 @@ def completed(response: httpx.Response) -> bool:
 
 async def test_overload_answers_429_with_retry_after(server: LocalServer, figures: FiguresRecorder) -> None:
     client = async_sdk(server)
-    rejected_before = metric(server, "modelplane_runtime_rejected_requests_total", reason="overloaded")
+    rejected_before = metric(server, "stokehold_runtime_rejected_requests_total", reason="overloaded")
     held = await hold(server, MAX_CONCURRENCY)
     outcomes = await asyncio.gather(
         *(client.completions.create(model=MODEL, prompt="x", max_tokens=2) for _ in range(OVERFLOW)), return_exceptions=True
@@ -282,8 +282,8 @@ async def test_overload_answers_429_with_retry_after(server: LocalServer, figure
         assert error.response.headers["retry-after"] == "1"
         assert isinstance(error.body, dict) and error.body["code"] == "rate_limit_exceeded"
     assert served == MAX_CONCURRENCY + 1
-    assert metric(server, "modelplane_runtime_in_flight_requests") == 0
-    assert metric(server, "modelplane_runtime_rejected_requests_total", reason="overloaded") - rejected_before == OVERFLOW
+    assert metric(server, "stokehold_runtime_in_flight_requests") == 0
+    assert metric(server, "stokehold_runtime_rejected_requests_total", reason="overloaded") - rejected_before == OVERFLOW
 
 
 async def test_sigterm_finishes_open_streams_then_exits_0(server: LocalServer, figures: FiguresRecorder) -> None:

@@ -43,7 +43,7 @@ def test_loads_and_generates_in_transformers(tiny_model_dir: Path) -> None:
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=4, do_sample=False, min_new_tokens=4)
     assert out.shape[1] == ids.shape[1] + 4
-    assert tokenizer.decode(tokenizer("Hello from modelplane").input_ids) == "Hello from modelplane"  # byte-level round trip
+    assert tokenizer.decode(tokenizer("Hello from stokehold").input_ids) == "Hello from stokehold"  # byte-level round trip
 
 
 def test_cli_builds_the_model(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def stored_problems(obj: dict[str, Any]) -> list[str]:
     labels = obj["metadata"].get("labels") or {}
     for key, value in labels.items():
         if key not in CONTROLLER_LABELS and not key.startswith(SAFE_LABEL_PREFIX):
-            problems.append(f"label {key}={value}: outside modelplane's own keys and {SAFE_LABEL_PREFIX}")
+            problems.append(f"label {key}={value}: outside stokehold's own keys and {SAFE_LABEL_PREFIX}")
     for path, _, value in _walk({k: v for k, v in obj.items() if k != "metadata"} | {"annotations": obj["metadata"].get("annotations")}):
         if isinstance(value, str) and (MARKER in value or HF_TOKEN in value):
             problems.append(f"{path}: carries a hostile value {value[:60]!r}")
@@ -109,7 +109,7 @@ def on_kube(kube: KubernetesEmulator, nats_url: str, root: str) -> dict[str, Any
 
 @asynccontextmanager
 async def running_controller(flags: dict[str, Any]) -> AsyncIterator[Controller]:
-    """The controller in-process (flags as `modelplane controller run` takes them), consuming or standing by."""
+    """The controller in-process (flags as `stokehold controller run` takes them), consuming or standing by."""
     controller = Controller(build_config(_QUICK | flags))
     task = asyncio.create_task(controller.run())
     try:

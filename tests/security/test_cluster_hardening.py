@@ -30,7 +30,7 @@ from tests.manifests.kustomize import MANIFESTS, find, one, render, render_dir
 from tests.security.hostile import on_kube, running_controller, version_document
 
 Call = tuple[str, str, str, str | None]  # (verb, API group, resource, namespace or None for cluster-wide)
-LEASE_NAMESPACE = "modelplane-system"
+LEASE_NAMESPACE = "stokehold-system"
 MODEL_NAMESPACE = "llm"
 _runs = itertools.count()
 
@@ -78,7 +78,7 @@ def rbac() -> list[dict[str, Any]]:
 def _grants(docs: list[dict[str, Any]]) -> set[Call]:
     """Every (verb, group, resource, namespace) the controller's roles grant; None = in every namespace."""
     granted: set[Call] = set()
-    for role in find(docs, "ClusterRole", "modelplane-controller") + find(docs, "Role", "modelplane-controller-leader-election"):
+    for role in find(docs, "ClusterRole", "stokehold-controller") + find(docs, "Role", "stokehold-controller-leader-election"):
         namespace = role["metadata"].get("namespace") if role["kind"] == "Role" else None
         for rule in role["rules"]:
             granted |= set(itertools.product(rule["verbs"], rule["apiGroups"], rule["resources"], [namespace]))
@@ -97,7 +97,7 @@ def test_the_exercise_covers_every_kind_of_call(controller_calls: set[Call]) -> 
 
 
 def test_every_call_the_controller_makes_is_granted(controller_calls: set[Call], rbac: list[dict[str, Any]]) -> None:
-    one(rbac, "ClusterRoleBinding", "modelplane-controller")  # the ClusterRole applies in every namespace
+    one(rbac, "ClusterRoleBinding", "stokehold-controller")  # the ClusterRole applies in every namespace
     grants = _grants(rbac)
     assert sorted(call for call in controller_calls if not _granted(call, grants)) == []
 

@@ -184,7 +184,7 @@ VERSION_CASES = [
         "spec.served_model_name",
         "should match pattern",
     ),
-    # labels: reserved prefixes are refused; the others only ever land under template.modelplane.ai/ (see below)
+    # labels: reserved prefixes are refused; the others only ever land under template.stokehold.dev/ (see below)
     Hostile(
         "kubernetes.io label",
         {"template.labels": {"kubernetes.io/metadata.name": MARKER}},
@@ -192,8 +192,8 @@ VERSION_CASES = [
         "reserved prefix",
         end_to_end=True,
     ),
-    Hostile("managed-by label", {"template.labels": {"app.kubernetes.io/managed-by": "modelplane"}}, "template.labels", "reserved prefix"),
-    Hostile("modelplane.ai label", {"template.labels": {"modelplane.ai/template": TEAM_B}}, "template.labels", "reserved prefix"),
+    Hostile("managed-by label", {"template.labels": {"app.kubernetes.io/managed-by": "stokehold"}}, "template.labels", "reserved prefix"),
+    Hostile("stokehold.dev label", {"template.labels": {"stokehold.dev/template": TEAM_B}}, "template.labels", "reserved prefix"),
     Hostile(
         "label value with spaces", {"template.labels": {"team": f"a {MARKER}"}}, "template.labels", "not a valid Kubernetes label value"
     ),
@@ -294,7 +294,7 @@ def test_hostile_deployment_request_is_refused_naming_the_field(changes: dict[st
 
 def _inbound(template_on_subject: str, kind: EventKind, ce_type: str, data: Any, sequence: int) -> Any:
     headers, payload = raw_event(ce_type, data)
-    return to_inbound(template_subject(template_on_subject, kind), headers, payload, sequence, "modelplane")
+    return to_inbound(template_subject(template_on_subject, kind), headers, payload, sequence, "stokehold")
 
 
 def _state_with_team_a() -> DesiredState:
@@ -307,7 +307,7 @@ def test_a_namespace_the_controller_does_not_manage_is_rejected() -> None:
     state = _state_with_team_a()
     with pytest.raises(Rejected, match="namespace 'team-b' is not one the controller manages"):
         state.apply(_inbound(TEAM_A, REQUESTED, REQUESTED.ce_type, {"template": TEAM_A, "namespace": "team-b"}, 2))
-    for sequence, reserved in enumerate(("kube-system", "modelplane-system"), 3):
+    for sequence, reserved in enumerate(("kube-system", "stokehold-system"), 3):
         with pytest.raises(Rejected, match=f"namespace '{reserved}' is reserved"):
             state.apply(_inbound(TEAM_A, REQUESTED, REQUESTED.ce_type, {"template": TEAM_A, "namespace": reserved}, sequence))
     assert state.deployments == {}
@@ -465,12 +465,12 @@ def end_to_end_events() -> list[tuple[str, str, EventKind, str, Any, str]]:
             "outbound event type",
         ),
         (
-            "object not managed by modelplane",
+            "object not managed by stokehold",
             TEAM_A,
             REQUESTED,
             requested,
             {"template": TEAM_A, "namespace": MANAGED, "name": "payroll"},
-            "is not labelled app.kubernetes.io/managed-by=modelplane",
+            "is not labelled app.kubernetes.io/managed-by=stokehold",
         ),
         (
             "huge payload",

@@ -40,7 +40,7 @@ PASSWORDS = {
 }
 USERS = {
     "admin": "ADMIN_PASSWORD",
-    "modelplane-controller": "CONTROLLER_PASSWORD",
+    "stokehold-controller": "CONTROLLER_PASSWORD",
     "publisher-team-a": "TEAM_A_PASSWORD",
     "deployer-team-c": "TEAM_C_PASSWORD",
 }
@@ -140,9 +140,9 @@ async def test_a_publisher_cannot_read_the_controllers_inbox_or_the_stream(
 ) -> None:
     async with publisher(server, "publisher-team-a") as team_a:
         await team_a.client.subscribe("_INBOX.>")
-        await team_a.client.subscribe("modelplane.templates.>")
+        await team_a.client.subscribe("stokehold.templates.>")
         await team_a.client.flush()
-        await eventually(lambda: violations(caplog, "subscription", "modelplane.templates.>"), "the second refusal")
+        await eventually(lambda: violations(caplog, "subscription", "stokehold.templates.>"), "the second refusal")
     assert violations(caplog, "subscription", "_INBOX.>")
 
 
@@ -159,7 +159,7 @@ async def test_a_deployer_deploys_any_template_but_publishes_no_version(server: 
 async def test_the_controller_works_with_exactly_its_permissions(server: LocalNatsServer, tmp_path: Path) -> None:
     flags = {
         "nats.url": server.url,
-        "nats.user": "modelplane-controller",
+        "nats.user": "stokehold-controller",
         "nats.password": PASSWORDS["CONTROLLER_PASSWORD"],
         "nats.tls_ca": str(server.tls.ca) if server.tls else None,
         "sink": "dir",
@@ -180,7 +180,7 @@ async def test_the_controller_works_with_exactly_its_permissions(server: LocalNa
         letter = await _eventually_stored(server, deadletter_subject(TEAM_A))
     assert applied.template == TEAM_A and applied.action in ("created", "updated")
     assert letter.stream_sequence == forged.seq and "the subject names template" in letter.reason
-    refused = [line for line in server.log_path.read_text().splitlines() if "modelplane-controller" in line and "Violation" in line]
+    refused = [line for line in server.log_path.read_text().splitlines() if "stokehold-controller" in line and "Violation" in line]
     assert refused == []
 
 
@@ -195,7 +195,7 @@ async def _eventually_stored(server: LocalNatsServer, subject: str) -> Any:
 
 
 def test_the_cli_publishes_with_the_publishers_own_inbox_prefix(server: LocalNatsServer, tmp_path: Path) -> None:
-    """`modelplane publish` as publisher-team-a: with its inbox prefix it works; with NATS's default `_INBOX` it gets no ack."""
+    """`stokehold publish` as publisher-team-a: with its inbox prefix it works; with NATS's default `_INBOX` it gets no ack."""
     document = tmp_path / "team-a.yaml"
     document.write_text(yaml.safe_dump(version_document(TEAM_A, version=7)))
     assert server.tls is not None and server.tls.ca is not None

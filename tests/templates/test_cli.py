@@ -1,4 +1,4 @@
-"""`modelplane templates …`: list, show, validate and from-hf, through the root command."""
+"""`stokehold templates …`: list, show, validate and from-hf, through the root command."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def test_accepted_sources(source: str) -> None:
 
 
 def test_labels_reject_reserved_and_invalid_keys() -> None:
-    for labels in ({"modelplane.ai/template": "x"}, {"bad key": "x"}, {"ok": "bad value!"}):
+    for labels in ({"stokehold.dev/template": "x"}, {"bad key": "x"}, {"ok": "bad value!"}):
         doc = minimal()
         doc["template"]["labels"] = labels
         assert "template.labels" in error_fields(doc)
