@@ -22,10 +22,10 @@ from tests.manifests.commands import (
     custom_columns,
     jsonpath,
     label_selectors,
-    stokehold_args,
     output_spec,
     selector_keys,
     shell_lines,
+    stokehold_args,
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
