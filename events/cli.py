@@ -41,7 +41,7 @@ from events.publisher import Publisher, PublishError, PublishResult
 from events.reader import ReceivedEvent, follow, replay, status_subjects
 from events.status_view import summarize
 from events.stream import ProvisionOutcome, StreamConfigMismatch, StreamSettings, provision_stream
-from events.types import SOURCE_DEFAULT, STREAM_NAME, EventKind, status_filter
+from events.types import SOURCE_DEFAULT, STREAM_NAME, TYPE_PREFIX, EventKind, status_filter
 from templates.catalog import load_catalog, load_file
 from templates.cli import app as templates_app
 from templates.schema import ModelTemplateVersion, TemplateValidationError, errors_from
@@ -307,7 +307,7 @@ def _kinds(types: list[str] | None) -> set[EventKind] | None:
     kinds = set()
     for name in types:
         try:
-            kinds.add(EventKind.from_ce_type(name) if name.startswith("ai.") else EventKind(name))
+            kinds.add(EventKind.from_ce_type(name) if name.startswith(TYPE_PREFIX) else EventKind(name))
         except ValueError:
             fail(f"unknown event type {name!r}; one of: {', '.join(kind.value for kind in EventKind)}")
     return kinds

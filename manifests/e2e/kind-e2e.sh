@@ -267,7 +267,7 @@ run "$STOKEHOLD" deploy "$TEMPLATE" --namespace "$NAMESPACE" --keep-hot "$KEEP_H
 step "wait until the InferenceService is Ready"
 run kubectl wait "inferenceservice/$TEMPLATE" -n "$NAMESPACE" --for=condition=Ready --timeout="$READY_TIMEOUT"
 run kubectl get inferenceservice "$TEMPLATE" -n "$NAMESPACE" \
-  -o 'custom-columns=NAME:.metadata.name,VERSION:.metadata.labels.stokehold\.ai/version,HASH:.metadata.annotations.stokehold\.ai/content-hash'
+  -o 'custom-columns=NAME:.metadata.name,VERSION:.metadata.labels.stokehold\.dev/version,HASH:.metadata.annotations.stokehold\.dev/content-hash'
 
 step "call it with the openai SDK (warm)"
 capture kubectl get ksvc "$TEMPLATE-predictor" -n "$NAMESPACE" -o 'jsonpath={.status.url}'

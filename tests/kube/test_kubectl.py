@@ -71,14 +71,14 @@ async def test_kubectl_lists_exactly_the_templates_services(kube: KubernetesEmul
     names = {f"{i['metadata']['namespace']}/{i['metadata']['name']}" for i in listed["items"]}
     assert names == {"team-a/llama", "team-b/llama-canary"}
 
-    jsonpath = r"{range .items[*]}{.metadata.namespace}/{.metadata.name}={.metadata.annotations.stokehold\.ai/content-hash}{'\n'}{end}"
+    jsonpath = r"{range .items[*]}{.metadata.namespace}/{.metadata.name}={.metadata.annotations.stokehold\.dev/content-hash}{'\n'}{end}"
     hashes, _ = await kubectl(
         kube, tmp_path, "get", "isvc", "-A", "-l", "app.kubernetes.io/managed-by=stokehold", "-o", f"jsonpath={jsonpath}"
     )
     assert dict(line.split("=", 1) for line in hashes.strip().splitlines()) == services
 
     single, _ = await kubectl(
-        kube, tmp_path, "get", "isvc", "gemma", "-n", "team-a", "-o", "jsonpath={.metadata.labels.stokehold\\.ai/template}"
+        kube, tmp_path, "get", "isvc", "gemma", "-n", "team-a", "-o", "jsonpath={.metadata.labels.stokehold\\.dev/template}"
     )
     assert single == "gemma"
     nothing, why = await kubectl(kube, tmp_path, "get", "isvc", "-l", "stokehold.dev/template=none", "-A")

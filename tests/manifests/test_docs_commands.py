@@ -63,7 +63,7 @@ def output_lines(markdown: str) -> list[tuple[str, str, str]]:
 def test_docs_have_the_commands_users_need() -> None:
     lines = shell_lines(KUBECTL_MD)
     assert any("get isvc" in line and "-l stokehold.dev/template=" in line for line in lines)
-    assert any("custom-columns" in line and "content-hash" in line and "stokehold\\.ai/version" in line for line in lines)
+    assert any("custom-columns" in line and "content-hash" in line and "stokehold\\.dev/version" in line for line in lines)
     assert any(line.startswith("kubectl describe isvc") for line in lines)
     assert any(".status.conditions" in line for line in lines)
     for verb in ("publish", "deploy", "status", "stop", "resume"):

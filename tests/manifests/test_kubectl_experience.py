@@ -158,7 +158,7 @@ async def documented_workflow(shell: Shell, kube: KubernetesEmulator) -> None:
     table = columns(await shell(documented("kubectl get isvc -n llm -l stokehold.dev/template=gemma-7b-it", "custom-columns")))
     assert table == [{"NAME": NAME, "VERSION": "1", "HASH": content_hash, "READY": "<none>", "URL": "<none>"}]
     assert await shell(documented("kubectl get isvc gemma-7b-it -n llm", "content-hash}'")) == content_hash
-    assert await shell(documented("kubectl get isvc gemma-7b-it -n llm", "stokehold\\.ai/version}'")) == "1"
+    assert await shell(documented("kubectl get isvc gemma-7b-it -n llm", "stokehold\\.dev/version}'")) == "1"
     assert (await shell(documented("kubectl get isvc gemma-7b-it -n llm", "served-model-name}"))).strip() == "google/gemma-7b-it"
     requested = await wait_for_phase(shell, "Loading")  # applied, KServe has not reported yet
     assert (requested["template"], requested["version"], requested["load_status"]) == (NAME, 1, "REQUESTED")
