@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import signal
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,28 @@ def environment() -> dict[str, Any]:
     }
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident set size of a live process so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds the benchmark like Ctrl-C, so that every `finally` stops the processes it started."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def write_results(name: str, results: dict[str, Any]) -> Path:
     """bench/results/<name>.json with the results and where they were measured."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -69,4 +93,15 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["RESULTS_DIR", "console", "environment", "format_cell", "median", "percentile", "print_table", "write_results"]
+__all__ = [
+    "RESULTS_DIR",
+    "console",
+    "environment",
+    "format_cell",
+    "median",
+    "peak_rss_mb",
+    "percentile",
+    "print_table",
+    "stopped_by_sigterm",
+    "write_results",
+]

@@ -1,11 +1,12 @@
 """Wires the controller together: NATS, stream, sink, state, reconciler, consumer, leader election, ops.
 
 Life of a controller:
-1. serve /healthz, /readyz, /metrics; connect to NATS; make sure the stream exists;
+1. serve /healthz, /readyz, /metrics; connect to NATS; make sure the streams exist;
 2. rebuild the desired state from the stream (every instance, so a standby is warm);
 3. when leading (always, without leader election): catch up with the stream, list the
    managed objects, reconcile everything once, then consume events durably, re-list
-   the sink every `resync_interval_s` and (kube sink) watch the services' status;
+   the sink every `resync_interval_s`, retry templates the sink refused with backoff
+   until it recovers, and (kube sink) watch the services' status;
 4. on SIGTERM/SIGINT or lost leadership: stop fetching, finish the batch in hand,
    wait for status events to be confirmed, drain NATS.
 """
@@ -15,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Coroutine
 from typing import Any
 
 from kubernetes import config as k8s_config
 from kubernetes.client import ApiClient, Configuration
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from controller.config import ControllerConfig
 from controller.consumer import EventConsumer
@@ -36,7 +37,8 @@ from controller.sinks.dir import DirSink
 from controller.sinks.kube import KubeSink
 from controller.state import DesiredState
 from controller.watcher import watch_status
-from events.stream import StreamSettings, config_differences, provision_stream
+from events.stream import StreamConfigMismatch, StreamSettings, config_differences
+from events.types import StreamRole
 
 log = logging.getLogger(__name__)
 LEADER_STOP_GRACE_S = 30.0  # time to finish the batch in hand and release the Lease on shutdown
@@ -55,10 +57,10 @@ def build_api_client(config: ControllerConfig) -> ApiClient:
     return ApiClient(configuration)
 
 
-def build_sink(config: ControllerConfig, api_client: ApiClient | None) -> Sink:
+def build_sink(config: ControllerConfig, api_client: ApiClient | None, metrics: ControllerMetrics | None = None) -> Sink:
     if config.sink == "dir":
         assert config.dir is not None  # checked by ControllerConfig
-        return DirSink(config.dir, config.namespaces)
+        return DirSink(config.dir, config.namespaces, metrics=metrics)
     if api_client is None:
         raise ValueError("the kube sink needs a Kubernetes API client")
     return KubeSink(api_client, namespaces=config.namespaces)
@@ -71,11 +73,14 @@ class Controller:
         *,
         sink: Sink | None = None,
         api_client: ApiClient | None = None,
-        after_rebuild: Callable[[], None] | None = None,  # e.g. `memory.freeze_long_lived` in the controller process
     ) -> None:
         self.config = config
         self.metrics = ControllerMetrics()
-        self.state = DesiredState(allowed_namespaces=config.allowed_namespaces, reserved_namespaces=frozenset(config.reserved_namespaces))
+        self.state = DesiredState(
+            allowed_namespaces=config.allowed_namespaces,
+            reserved_namespaces=config.reserved,
+            allow_trust_remote_code=config.allow_trust_remote_code,
+        )
         self.ops = OpsServer(self.metrics, self.readiness, config.metrics_host, config.metrics_port)
         self.role = "unknown" if config.leader_election else "leader"
         self.rebuilt = False
@@ -85,7 +90,6 @@ class Controller:
         self.publisher: NatsPublisher | None = None
         self._sink = sink
         self._api_client = api_client
-        self._after_rebuild = after_rebuild
         self._stop = asyncio.Event()
         self._term: asyncio.Event | None = None  # set when the current leadership term ends
         self._started = asyncio.Event()
@@ -117,17 +121,15 @@ class Controller:
         try:
             self.nc = await self._connect()
             js = self.nc.jetstream()
-            await self._ensure_stream(js)
+            await self._ensure_streams(js)
             needs_kube = self.config.sink == "kube" or self.config.leader_election
             if needs_kube and self._api_client is None:
                 self._api_client = build_api_client(self.config)
-            sink = self._sink or build_sink(self.config, self._api_client)
+            sink = self._sink or build_sink(self.config, self._api_client, self.metrics)
             self.publisher = NatsPublisher(js, self.config.source, self.config.subject_root, self.metrics)
             self.reconciler = Reconciler(self.state, sink, self.config.render, self.publisher, self.metrics, sink_name=self.config.sink)
-            self.consumer = EventConsumer(js, self.config, self.state, self.reconciler, self.publisher, self.metrics)
+            self.consumer = EventConsumer(js, self.config, self.state, self.reconciler, self.publisher, self.metrics, client=self.nc)
             await self.consumer.rebuild()
-            if self._after_rebuild is not None:
-                self._after_rebuild()
             self.rebuilt = True
             if self.config.leader_election:
                 await self._elect()
@@ -149,18 +151,39 @@ class Controller:
 
         return await self.config.nats.connect(reconnected_cb=reconnected, disconnected_cb=disconnected)
 
-    async def _ensure_stream(self, js: JetStreamContext) -> None:
-        """Create the stream when it is missing; an existing one is the operator's and is left as it is."""
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
+        """Create the streams that are missing; existing ones are the operator's and are left as they are.
+
+        Only the desired-state stream is required. A status or dead-letter stream that cannot be
+        created (e.g. a stream of the one-stream layout still binds its subjects) is reported:
+        `stokehold stream provision` splits them.
+        """
         settings = StreamSettings(name=self.config.stream, subject_root=self.config.subject_root)
-        try:
-            info = await js.stream_info(settings.name)
-        except NotFoundError:
-            await provision_stream(js, settings)
-            log.info("created the stream", extra={"stream": settings.name})
-            return
-        differences = config_differences(info.config, settings.config())
-        if "subjects" in differences:
-            log.warning("the stream's subjects differ from what the controller expects", extra={"differences": str(differences)})
+        for role in StreamRole:
+            wanted = settings.config(role)
+            name = str(wanted.name)
+            try:
+                info = await js.stream_info(name)
+            except NotFoundError:
+                try:
+                    await js.add_stream(wanted)
+                except APIError as exc:
+                    if role is StreamRole.DESIRED:
+                        raise StreamConfigMismatch(name, {}, f"the server refused to create it: {exc.description}") from None
+                    log.warning("cannot create the stream %s (%s): run `stokehold stream provision`", name, exc.description)
+                    continue
+                log.info("created the stream", extra={"stream": name})
+                continue
+            differences = config_differences(info.config, wanted)
+            if "subjects" in differences:
+                log.warning(
+                    "the stream's subjects differ from what the controller expects", extra={"stream": name, "differences": str(differences)}
+                )
+            if role is StreamRole.DESIRED and ({"discard", "max_age"} & differences.keys()):
+                log.warning(
+                    "the desired-state stream may drop events (an age limit, or discard old): run `stokehold stream provision`",
+                    extra={"stream": name, "differences": str(differences)},
+                )
 
     async def _lead(self) -> None:
         """One leadership term: catch up, resync, then consume until stopped or leadership is lost."""
@@ -175,7 +198,7 @@ class Controller:
             clean = await self._resync(term, "initial reconciliation")
             subscription = await self.consumer.subscribe()
             self._started.set()
-            background = [asyncio.create_task(self._resync_loop(term, clean))]
+            background = [asyncio.create_task(self._resync_loop(term, clean)), asyncio.create_task(self._repair_loop(term))]
             watcher = self._start_watcher()
             if watcher is not None:
                 background.append(watcher)
@@ -254,6 +277,33 @@ class Controller:
                 clean = False
             failures = 0 if clean else failures + 1
 
+    async def _repair_loop(self, term: asyncio.Event) -> None:
+        """Retry the templates the sink refused with a transient error, with backoff, until it recovers.
+
+        Their events are nak'ed and retried as well, but an event gives up after its last
+        delivery, and a resync may be far off (or off): this loop needs neither.
+        """
+        assert self.reconciler is not None
+        reconciler = self.reconciler
+        failures = 0
+        while not term.is_set():
+            if not reconciler.unsettled:
+                failures = 0
+                await _first(term.wait(), reconciler.troubled.wait())
+                continue
+            failures += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(term.wait(), self.config.retry_delay(failures))
+                return
+            try:
+                result = await reconciler.retry_unsettled(term)
+            except Exception:
+                log.exception("retrying the sink failed")
+                continue
+            self.metrics.unsettled_templates.set(len(reconciler.unsettled))
+            if result.transient is None and not reconciler.unsettled:
+                log.info("the sink recovered", extra={"writes": result.writes, "attempts": failures})
+
     def _start_watcher(self) -> asyncio.Task[None] | None:
         """The status watcher (kube sink only) reports ready/failed/load status from the live objects."""
         if self.config.sink != "kube" or self._api_client is None or self.publisher is None:
@@ -274,6 +324,17 @@ class Controller:
                 await sink.close()
         await self.ops.stop()
         log.info("controller stopped")
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of `waits` completes; cancel the others."""
+    tasks = [asyncio.create_task(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -1,4 +1,9 @@
-"""`stokehold controller run`: the controller process (flags override `STOKEHOLD_*` variables)."""
+"""`stokehold controller run`: the controller process (flags override `STOKEHOLD_*` variables).
+
+The connection flags of the root command count too: `stokehold --nats-url URL --nats-user U
+controller run …` connects as they say (`run --nats-url` wins over the root's). Everything it
+writes is a JSON log line, fatal errors included: one object per line, never wrapped.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,6 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
 from controller.config import ControllerConfig
 from controller.logs import configure_logging
@@ -19,7 +23,6 @@ from events.stream import StreamConfigMismatch
 from templates.schema import errors_from
 
 app = typer.Typer(help="The stokehold controller: JetStream events in, KServe InferenceServices out.", no_args_is_help=True)
-err = Console(stderr=True)
 
 
 def _set(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -61,10 +64,18 @@ def controller() -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     nats_url: Annotated[str | None, typer.Option(help="NATS server URL(s), comma-separated [env STOKEHOLD_NATS_URL]")] = None,
     sink: Annotated[str | None, typer.Option(help="where InferenceServices go: kube or dir [env STOKEHOLD_SINK]")] = None,
     dir: Annotated[Path | None, typer.Option("--dir", help="GitOps directory of the dir sink [env STOKEHOLD_DIR]")] = None,
-    namespace: Annotated[list[str] | None, typer.Option(help="a namespace to manage (repeat); default all")] = None,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(help="a namespace to serve (repeat; at least one: none is served unless listed) [env STOKEHOLD_NAMESPACES]"),
+    ] = None,
+    allow_trust_remote_code: Annotated[
+        bool | None,
+        typer.Option("--allow-trust-remote-code/--no-allow-trust-remote-code", help="let versions run their model repository's code"),
+    ] = None,
     kubeconfig: Annotated[Path | None, typer.Option(help="kubeconfig file; default in-cluster, then ~/.kube/config")] = None,
     stream: Annotated[str | None, typer.Option(help="JetStream stream name")] = None,
     durable: Annotated[str | None, typer.Option(help="durable consumer name")] = None,
@@ -86,6 +97,7 @@ def run(
         "sink": sink,
         "dir": dir,
         "namespaces": namespace or None,
+        "allow_trust_remote_code": allow_trust_remote_code,
         "kubeconfig": kubeconfig,
         "stream": stream,
         "durable": durable,
@@ -98,35 +110,91 @@ def run(
         "metrics_port": metrics_port,
         "log_level": log_level.upper() if log_level else None,
     }
+    log = logging.getLogger("controller")
+    configure_logging("INFO")  # every line is JSON, the refusal of a bad configuration included
     try:
-        config = build_config(flags)
+        config = build_config(flags | _root_connection(ctx))
         if gpu_product:
             products = {**config.render.gpu_products, **_pairs(gpu_product, "--gpu-product")}
-            config = build_config(flags | {"render.gpu_products": products})
+            config = build_config(flags | _root_connection(ctx) | {"render.gpu_products": products})
     except ValidationError as exc:
-        for location, message in errors_from(exc):
-            err.print(f"[red]invalid configuration[/red] {location or '<root>'}: {message}")
+        problems = "; ".join(f"{location or '<root>'}: {message}" for location, message in errors_from(exc))
+        log.error("invalid configuration: %s", problems)
         raise typer.Exit(2) from None
     configure_logging(config.log_level)
+    log.info(
+        "starting the controller",
+        extra={
+            "nats": config.nats.servers,  # without any user or password in the URL
+            "sink": config.sink,
+            "dir": str(config.dir) if config.dir is not None else None,
+            "namespaces": ",".join(config.namespaces),
+            "stream": config.stream,
+            "leader_election": config.leader_election,
+        },
+    )
     try:
-        asyncio.run(_run(config))
+        api_client = _kubernetes_client(config)
+        asyncio.run(_run(config, api_client))
+    except StartupError as exc:
+        log.error("cannot start the controller: %s", exc)
+        raise typer.Exit(1) from None
     except (NatsConnectError, StreamConfigMismatch) as exc:
-        err.print(f"[red]cannot start the controller:[/red] {exc}")
+        log.error("cannot start the controller: %s", exc)
         raise typer.Exit(1) from None
+    except asyncio.CancelledError:  # SIGTERM or SIGINT before the connection to NATS was made
+        log.info("controller stopped before it connected to NATS")
     except Exception:
-        logging.getLogger("controller").exception("the controller stopped on an unexpected error")
+        log.exception("the controller stopped on an unexpected error")
         raise typer.Exit(1) from None
 
 
-async def _run(config: ControllerConfig) -> None:
-    from controller.app import Controller
-    from controller.memory import freeze_long_lived, tune_garbage_collection
+class StartupError(Exception):
+    """The controller cannot start as configured; the message is one line meant for people."""
 
-    tune_garbage_collection()
-    controller = Controller(config, after_rebuild=freeze_long_lived)
+
+# the root command's connection flags (`stokehold --nats-url … controller run`) → NatsOptions fields
+_ROOT_CONNECTION = ("url", "user", "password", "token", "creds", "tls_ca", "tls_cert", "tls_key", "inbox_prefix")
+
+
+def _root_connection(ctx: typer.Context) -> dict[str, Any]:
+    """The connection flags given to `stokehold` before `controller run` (they lose to `run`'s own --nats-url)."""
+    given = getattr(ctx.find_root().obj, "connection", None) or {}
+    return {f"nats.{key}": value for key, value in given.items() if key in _ROOT_CONNECTION and value is not None}
+
+
+def _kubernetes_client(config: ControllerConfig) -> Any:
+    """The Kubernetes API client the kube sink and leader election need (None for the dir sink alone), checked before NATS."""
+    if config.sink != "kube" and not config.leader_election:
+        return None
+    from controller.app import build_api_client
+
+    try:
+        return build_api_client(config)
+    except Exception as exc:  # kubernetes' ConfigException, an unreadable or malformed file: all mean the same to the user
+        reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+        problem = (
+            f"cannot use the kubeconfig {config.kubeconfig} ({reason})"
+            if config.kubeconfig is not None
+            else f"no Kubernetes configuration: not running in a cluster, and ~/.kube/config ($KUBECONFIG) gives none ({reason})"
+        )
+        raise StartupError(f"{problem}; the kube sink needs one: give --kubeconfig FILE, or use --sink dir --dir DIR") from None
+
+
+async def _run(config: ControllerConfig, api_client: Any) -> None:
+    from controller.app import Controller
+
+    controller = Controller(config, api_client=api_client)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, controller.stop)
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        controller.stop()
+        if controller.nc is None and main is not None:  # still connecting (perhaps retrying for minutes): stop that now
+            main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before connecting: a controller always obeys SIGTERM
+        loop.add_signal_handler(sig, on_signal)
     await controller.run()
 
 

@@ -7,6 +7,13 @@ group. An event is acknowledged only after its template's objects were written (
 needed no write); on a transient sink failure it is nak'ed with a growing delay; an
 event that can never succeed is terminated and published as `event.rejected` on the
 dead-letter subject with the reason. Nothing here raises on bad input.
+
+Poison ends: a dead letter is bounded (reason and echoed attributes clipped), so it
+always fits the stream; an event is delivered at most `max_deliveries` times, and its
+last delivery terminates it with a log line and `stokehold_controller_gave_up` (a sink
+outage loses nothing by that: the event is in the desired state already, and the
+controller retries the sink by itself). A rejected event changed nothing, so it is also
+deleted from the desired-state stream: junk does not hold the stream's capacity.
 """
 
 from __future__ import annotations
@@ -22,16 +29,19 @@ from typing import Protocol
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from controller.config import ControllerConfig
+from controller.logs import clip
 from controller.metrics import ControllerMetrics
 from controller.reconciler import Reconciler, ReconcileResult
 from controller.state import Change, DeploymentKey, DesiredState, InboundEvent, Rejected
 from events.codec import EventDecodeError, decode
-from events.types import EventKind, EventRejected, inbound_filter, template_of_subject, template_subject
+from events.stream import delete_message
+from events.types import EventAccepted, EventKind, EventRejected, inbound_filter, template_of_subject, template_subject
 from templates.naming import is_dns1123_label
 
 log = logging.getLogger(__name__)
@@ -39,6 +49,12 @@ log = logging.getLogger(__name__)
 NO_TEMPLATE = "_"  # group of messages whose subject names no template
 REBUILD_BATCH = 2048
 BATCHES_IN_FLIGHT = 2
+# What a dead letter echoes of the rejected event: enough to find and understand it, never its size.
+MAX_REASON_CHARS = 2048
+MAX_ECHO_CHARS = 256
+DELETE_TIMEOUT_S = 10.0
+DELETE_PROBE_TIMEOUT_S = 5.0
+DELETIONS_IN_FLIGHT = 16
 
 
 class DeadLetters(Protocol):
@@ -95,8 +111,11 @@ class EventConsumer:
         reconciler: Reconciler,
         dead_letters: DeadLetters,
         metrics: ControllerMetrics,
+        *,
+        client: NatsClient | None = None,  # deletes rejected events from the desired-state stream; without it they stay
     ) -> None:
         self.js = js
+        self.client = client
         self.config = config
         self.state = state
         self.reconciler = reconciler
@@ -105,6 +124,10 @@ class EventConsumer:
         self._filter = inbound_filter(config.subject_root)
         self._limit = asyncio.Semaphore(config.concurrency)
         self._tails: dict[str, asyncio.Task[None]] = {}  # template → its latest group task, while one runs
+        self._rebuilt = False
+        self._deletions_allowed = True  # see `_probe_deletions`
+        self._deletions: set[asyncio.Task[None]] = set()
+        self._deletion_slots = asyncio.Semaphore(DELETIONS_IN_FLIGHT)
 
     # --------------------------------------------------------------- rebuild
 
@@ -150,8 +173,10 @@ class EventConsumer:
         elapsed = time.perf_counter() - started
         self.metrics.rebuild_seconds.set(elapsed)
         self._observe_state()
-        log.info(
-            "state rebuilt from the stream" if start == 1 else "state caught up with the stream",
+        first, self._rebuilt = not self._rebuilt, True
+        log.log(
+            logging.INFO if first or read else logging.DEBUG,  # "state rebuilt" once; a catch-up only when it read something
+            "state rebuilt from the stream" if first else "state caught up with the stream",
             extra={
                 "events": read,
                 "seconds": round(elapsed, 3),
@@ -171,6 +196,7 @@ class EventConsumer:
     # --------------------------------------------------------------- consume
 
     async def subscribe(self) -> JetStreamContext.PullSubscription:
+        await self._probe_deletions()
         return await self.js.pull_subscribe(
             self._filter,
             durable=self.config.durable,
@@ -181,7 +207,7 @@ class EventConsumer:
                 deliver_policy=DeliverPolicy.ALL,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.config.ack_wait_s,
-                max_deliver=-1,
+                max_deliver=self.config.max_deliveries,
                 max_ack_pending=max(1000, self.config.fetch_batch * 4),
             ),
         )
@@ -219,6 +245,7 @@ class EventConsumer:
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+            await self._finish_deletions()
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await sub.unsubscribe()
 
@@ -256,7 +283,7 @@ class EventConsumer:
             except Exception:  # never let one template's bug stop the others: retry its events later
                 log.exception("unexpected error while handling events of %s", template)
                 for delivery in deliveries:
-                    await self._settle(delivery.msg.nak(delay=self.config.retry_delay(delivery.deliveries)))
+                    await self._retry(delivery, "error")
 
     async def _handle_group(self, template: str, deliveries: list[Delivery]) -> None:
         accepted: list[Delivery] = []
@@ -265,13 +292,13 @@ class EventConsumer:
                 msg = delivery.msg
                 delivery.event = to_inbound(msg.subject, msg.headers, msg.data, delivery.sequence, self.config.subject_root)
                 delivery.event_type = delivery.event.kind.ce_type
-                delivery.change = self.state.apply(delivery.event).change
+                delivery.change = self.state.apply(delivery.event)
             except InvalidEvent as exc:
                 delivery.event_type = exc.event_type
-                await self._reject(delivery, exc.reason, exc.event_id)
+                await self._reject(delivery, exc.reason, exc.event_id, changed_nothing=True)
                 continue
             except Rejected as exc:
-                await self._reject(delivery, exc.reason, delivery.event.event_id if delivery.event else None)
+                await self._reject(delivery, exc.reason, delivery.event.event_id if delivery.event else None, changed_nothing=True)
                 continue
             accepted.append(delivery)
         if not accepted:
@@ -284,41 +311,117 @@ class EventConsumer:
         if result.transient is not None:
             log.warning("sink unavailable, retrying later: %s", result.transient, extra={"template": accepted[0].template})
             for delivery in accepted:
-                delay = max(self.config.retry_delay(delivery.deliveries), result.transient.retry_after or 0.0)
-                await self._settle(delivery.msg.nak(delay=delay))
-                self._count(delivery, "retried")
+                await self._retry(delivery, "sink", result.transient.retry_after)
             return
         for delivery in accepted:
             key = delivery.addressed
             failure = result.failures.get(key) if key is not None else None
             if key is not None and failure is not None:
-                await self._reject(delivery, f"cannot apply {key[0]}/{key[1]}: {failure}", None)
+                await self._reject(delivery, f"cannot apply {key[0]}/{key[1]}: {failure}", None, changed_nothing=False)
                 continue
             await self._settle(delivery.msg.ack())
             self.state.settled(delivery.sequence)
             outcome = "applied" if result.writes else "unchanged"
             self._count(delivery, "redelivered" if delivery.change is Change.ALREADY_APPLIED else outcome)
+            await self._answer(delivery)
 
-    async def _reject(self, delivery: Delivery, reason: str, event_id: str | None) -> None:
+    async def _answer(self, delivery: Delivery) -> None:
+        """Tell whoever published the event that it was applied (`event.accepted`, what `--wait` follows)."""
+        event = delivery.event
+        template = event.subject_template or delivery.template if event is not None else None
+        if event is None or template is None:
+            return
+        note = {Change.UNCHANGED: "unchanged: the state already said so", Change.ALREADY_APPLIED: "redelivered: applied before"}
+        accepted = EventAccepted(
+            original_id=_echo(event.event_id) or "",
+            original_type=event.kind.ce_type,
+            subject=clip(delivery.msg.subject, MAX_ECHO_CHARS),
+            stream_sequence=delivery.sequence,
+            note=note.get(delivery.change) if delivery.change is not None else None,
+        )
+        await self.reconciler.reporter.report(EventKind.EVENT_ACCEPTED, accepted, template)
+
+    async def _reject(self, delivery: Delivery, reason: str, event_id: str | None, *, changed_nothing: bool) -> None:
+        """Dead-letter and terminate; `changed_nothing`: the event left the state as it was, so it is also deleted from the stream."""
+        original_id = event_id or (delivery.event.event_id if delivery.event else None)
         rejected = EventRejected(
-            original_id=event_id or (delivery.event.event_id if delivery.event else None),
-            original_type=delivery.event_type,
-            subject=delivery.msg.subject,
-            reason=reason,
+            original_id=_echo(original_id),
+            original_type=_echo(delivery.event_type),
+            subject=clip(delivery.msg.subject, MAX_ECHO_CHARS),
+            reason=clip(reason, MAX_REASON_CHARS),
             stream_sequence=delivery.sequence,
         )
-        log.warning("rejected event: %s", reason, extra={"subject": delivery.msg.subject, "stream_sequence": delivery.sequence})
+        log.warning("rejected event: %s", rejected.reason, extra={"subject": rejected.subject, "stream_sequence": delivery.sequence})
         try:
             await self.dead_letters.dead_letter(rejected, delivery.template)
         except Exception as exc:  # the dead letter is not stored: keep the event and try again later
-            log.warning("cannot publish the dead letter, retrying the event later: %s", exc)
-            await self._settle(delivery.msg.nak(delay=self.config.retry_delay(delivery.deliveries)))
-            self._count(delivery, "retried")
+            log.warning("cannot publish the dead letter: %s", exc, extra={"stream_sequence": delivery.sequence})
+            await self._retry(delivery, "dead_letter")
             return
         await self._settle(delivery.msg.term())
         self.state.settled(delivery.sequence)
         self.metrics.dead_letters.inc()
         self._count(delivery, "rejected")
+        if changed_nothing:
+            self._delete(delivery.sequence)
+
+    async def _retry(self, delivery: Delivery, why: str, retry_after: float | None = None) -> None:
+        """Nak for another delivery after a growing delay; on the last allowed delivery, terminate instead."""
+        if delivery.deliveries >= self.config.max_deliveries:
+            log.warning(
+                "giving up on the event after %d deliveries (%s)",
+                delivery.deliveries,
+                why,
+                extra={"subject": clip(delivery.msg.subject, MAX_ECHO_CHARS), "stream_sequence": delivery.sequence},
+            )
+            await self._settle(delivery.msg.term())
+            self.state.settled(delivery.sequence)
+            self.metrics.gave_up.labels(why).inc()
+            self._count(delivery, "gave_up")
+            return
+        delay = max(self.config.retry_delay(delivery.deliveries), retry_after or 0.0)
+        await self._settle(delivery.msg.nak(delay=delay))
+        self._count(delivery, "retried")
+
+    def _delete(self, sequence: int) -> None:
+        """Remove a rejected event from the desired-state stream, in the background: it only frees capacity."""
+        if self.client is None or not self._deletions_allowed:
+            return
+        task = asyncio.create_task(self._delete_now(self.client, sequence))
+        self._deletions.add(task)
+        task.add_done_callback(self._deletions.discard)
+
+    async def _delete_now(self, client: NatsClient, sequence: int) -> None:
+        async with self._deletion_slots:
+            try:
+                await delete_message(client, self.config.stream, sequence, wait_s=DELETE_TIMEOUT_S)
+            except nats.js.errors.APIError as exc:  # answered: e.g. already gone
+                log.debug("rejected event not deleted from the stream: %s", exc, extra={"stream_sequence": sequence})
+            except (nats.errors.Error, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+                log.warning("cannot delete the rejected event from the stream: %s", reason, extra={"stream_sequence": sequence})
+
+    async def _probe_deletions(self) -> None:
+        """Whether the controller may delete from the desired-state stream: the server answers a delete of sequence 0
+        with an error when it may; without the permission the request goes unanswered."""
+        if self.client is None:
+            return
+        try:
+            await delete_message(self.client, self.config.stream, 0, wait_s=DELETE_PROBE_TIMEOUT_S)
+        except nats.js.errors.APIError:
+            self._deletions_allowed = True
+        except (nats.errors.Error, TimeoutError):
+            self._deletions_allowed = False
+            log.warning(
+                "cannot delete rejected events from the stream %s: they stay and hold its capacity; "
+                "grant the controller $JS.API.STREAM.MSG.DELETE.%s",
+                self.config.stream,
+                self.config.stream,
+            )
+
+    async def _finish_deletions(self) -> None:
+        if self._deletions:
+            await asyncio.wait(set(self._deletions), timeout=DELETE_TIMEOUT_S)
 
     async def _settle(self, acknowledgement: Awaitable[None]) -> None:
         try:
@@ -332,3 +435,8 @@ class EventConsumer:
     def _observe_state(self) -> None:
         self.metrics.versions.set(len(self.state.versions))
         self.metrics.deployments.set(len(self.state.deployments))
+        self.metrics.unsettled_templates.set(len(self.reconciler.unsettled))
+
+
+def _echo(value: str | None) -> str | None:
+    return None if value is None else clip(value, MAX_ECHO_CHARS)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -36,6 +37,7 @@ from templates.catalog import load_catalog
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
 TINY_TEMPLATE = "tiny-demo"
+DEMO_NAMESPACE = "demo"  # namespaces are opt-in: the controller serves this one
 console = Console(width=max(shutil.get_terminal_size((160, 40)).columns, 150))
 
 
@@ -57,14 +59,26 @@ def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
 
 
 def _stop(process: subprocess.Popen[bytes] | None, grace: float = 30.0) -> None:
-    if process is None or process.poll() is not None:
+    """SIGTERM to the process and everything it started (its own process group), SIGKILL after `grace`; waits for it."""
+    if process is None:
         return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    if process.poll() is None:
+        _signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+    _signal_group(process, signal.SIGKILL)  # e.g. an engine process the runtime left behind
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)  # start_new_session: the group's id is the process's pid
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so that SIGTERM, like Ctrl-C, stops what the demo started
 
 
 def _fail(message: str, log: Path | None = None) -> None:
@@ -81,7 +95,7 @@ async def _publish_catalog(url: str) -> int:
     async with publisher:
         for version in versions:
             await publisher.publish_version(version)
-            await publisher.request_deployment(version.name, namespace="demo")
+            await publisher.request_deployment(version.name, namespace=DEMO_NAMESPACE)
     return len(versions)
 
 
@@ -157,6 +171,7 @@ def main() -> None:
     logs.mkdir()
     controller: subprocess.Popen[bytes] | None = None
     runtime: subprocess.Popen[bytes] | None = None
+    signal.signal(signal.SIGTERM, _interrupt)
     console.rule("[bold]stokehold demo")
     with LocalNatsServer(store_dir=WORK / "jetstream") as nats:
         console.print(f"1. NATS JetStream server started at {nats.url} (store {WORK / 'jetstream'})")
@@ -174,6 +189,8 @@ def main() -> None:
                     str(out_dir),
                     "--nats-url",
                     nats.url,
+                    "--namespace",
+                    DEMO_NAMESPACE,
                     "--no-leader-election",
                     "--metrics-port",
                     "0",

@@ -1,4 +1,8 @@
-"""JSON logs: one object per line with time, level, logger, message and any `extra` fields."""
+"""JSON logs: one object per line with time, level, logger, message and any `extra` fields.
+
+Every line is bounded: the message, each string field and the traceback are clipped, so
+an event that echoes megabytes of input into a reason cannot flood the log.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,17 @@ from typing import Any
 
 # attributes every LogRecord has; anything else came from `extra=` and is logged as a field
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+MAX_MESSAGE_CHARS = 2048
+MAX_FIELD_CHARS = 512
+MAX_EXCEPTION_CHARS = 8192
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    marker = f"… [{len(text)} characters, clipped]"
+    return text[: max(0, limit - len(marker))] + marker
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,13 +33,13 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": clip(record.getMessage(), MAX_MESSAGE_CHARS),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = value if isinstance(value, int | float | bool | None) else clip(str(value), MAX_FIELD_CHARS)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = clip(self.formatException(record.exc_info), MAX_EXCEPTION_CHARS)
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 

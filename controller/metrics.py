@@ -9,9 +9,7 @@ class ControllerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.events = Counter(
-            "stokehold_controller_events", "Inbound events handled, by type and outcome", ["type", "outcome"], registry=r
-        )
+        self.events = Counter("stokehold_controller_events", "Inbound events handled, by type and outcome", ["type", "outcome"], registry=r)
         self.apply_latency = Histogram(
             "stokehold_controller_apply_seconds",
             "Time of one sink write (apply or delete)",
@@ -23,6 +21,25 @@ class ControllerMetrics:
             "stokehold_controller_sink_errors", "Sink writes that failed, by kind (transient|permanent)", ["kind"], registry=r
         )
         self.dead_letters = Counter("stokehold_controller_dead_letters", "Events rejected to the dead-letter subject", registry=r)
+        self.gave_up = Counter(
+            "stokehold_controller_gave_up",
+            "Inbound events terminated after their last allowed delivery, by what kept failing (dead_letter|sink|error)",
+            ["reason"],
+            registry=r,
+        )
+        self.kept_objects = Gauge(
+            "stokehold_controller_kept_objects",
+            "Managed objects kept although the desired state has nothing for them (waiting for an explicit deployment.deleted)",
+            registry=r,
+        )
+        self.unreadable_files = Gauge(
+            "stokehold_controller_sink_unreadable_files",
+            "Files of the GitOps directory the dir sink skipped at its last listing (not regular, unreadable, not YAML)",
+            registry=r,
+        )
+        self.unsettled_templates = Gauge(
+            "stokehold_controller_unsettled_templates", "Templates waiting for the sink to recover (retried with backoff)", registry=r
+        )
         self.consumer_pending = Gauge(
             "stokehold_controller_consumer_pending", "Inbound events not yet delivered to the controller (consumer lag)", registry=r
         )

@@ -5,25 +5,27 @@ and a failure is logged and counted — so a burst of writes is not slowed by on
 trip per status. Dead letters wait for the stream's acknowledgement, because the
 rejected event is terminated only after its dead letter is stored.
 
-Event ids are a random prefix chosen once per controller instance plus a counter:
-unique, and free of the per-event random-number syscall that shows up in profiles.
+Every event gets a random id (`events.codec.encode`), so nobody who sees one status event
+can compute the next and claim it first in the stream's duplicate window.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import uuid
 
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from controller.metrics import ControllerMetrics
-from events.codec import encode
+from events.codec import NATS_MSG_ID, encode
 from events.types import EventKind, EventRejected, deadletter_subject, status_subject
 
 log = logging.getLogger(__name__)
+
+
+class NotStoredError(RuntimeError):
+    """JetStream acknowledged an event as a duplicate of one it already held, so did not store it."""
 
 
 class NatsPublisher:
@@ -32,17 +34,12 @@ class NatsPublisher:
         self.source = source
         self.subject_root = subject_root
         self.metrics = metrics
-        self._id_prefix = f"{source.strip('/').replace('/', '.') or 'controller'}.{uuid.uuid4().hex[:16]}"
-        self._counter = itertools.count(1)
         self._in_flight: set[asyncio.Task[None]] = set()
-
-    def next_event_id(self) -> str:
-        return f"{self._id_prefix}.{next(self._counter)}"
 
     async def report(self, kind: EventKind, data: BaseModel, template: str) -> None:
         """Publish a status event; a failure is logged and counted, never raised (status is informational)."""
         try:
-            headers, payload = encode(kind, data, source=self.source, subject_template=template, event_id=self.next_event_id())
+            headers, payload = encode(kind, data, source=self.source, subject_template=template)
         except Exception as exc:
             self._failed(kind, template, exc)
             return
@@ -53,9 +50,12 @@ class NatsPublisher:
 
     async def _publish(self, subject: str, headers: dict[str, str], payload: bytes, kind: EventKind, template: str) -> None:
         try:
-            await self.js.publish(subject, payload, headers=headers)
+            ack = await self.js.publish(subject, payload, headers=headers)
         except Exception as exc:
             self._failed(kind, template, exc)
+            return
+        if ack.duplicate:  # another event already holds this id: this one was not stored
+            self._failed(kind, template, NotStoredError(f"the stream already held an event with id {headers[NATS_MSG_ID]}"))
 
     def _failed(self, kind: EventKind, template: str, exc: Exception) -> None:
         self.metrics.status_publish_failures.inc()
@@ -63,8 +63,10 @@ class NatsPublisher:
 
     async def dead_letter(self, data: EventRejected, template: str | None) -> None:
         kind = EventKind.EVENT_REJECTED
-        headers, payload = encode(kind, data, source=self.source, subject_template=template, event_id=self.next_event_id())
-        await self.js.publish(deadletter_subject(template, self.subject_root), payload, headers=headers)
+        headers, payload = encode(kind, data, source=self.source, subject_template=template)
+        ack = await self.js.publish(deadletter_subject(template, self.subject_root), payload, headers=headers)
+        if ack.duplicate:  # raised, so the rejected event is retried (with a new id) rather than ended without its dead letter
+            raise NotStoredError(f"the stream already held an event with id {headers[NATS_MSG_ID]}: the dead letter was not stored")
 
     async def flush(self, wait_s: float = 5.0) -> None:
         """Wait until the stream confirmed every status event published so far."""

@@ -3,9 +3,19 @@
 After every event the controller renders every deployment of the affected template
 from the desired state and compares each object's content hash with a cache of the
 live hashes (filled by `list_managed()` at start and kept current after each write),
-so an unchanged object costs no API call. Objects of the template that are no longer
-desired are deleted; objects that are not labelled as managed by stokehold are never
-touched (the sinks refuse them).
+so an unchanged object costs no API call. Objects that are not labelled as managed by
+stokehold are never touched (the sinks refuse them).
+
+A live object that is no longer desired is deleted only on explicit evidence: a
+`deployment.deleted` of it, or the deletion of every version it could serve
+(`DesiredState.removal_allowed`). An object the desired state merely knows nothing about
+(events deleted from the stream, a stream recreated, a rebuild from an incomplete history)
+is kept and reported once: a warning, the `stokehold_controller_kept_objects` gauge and a
+`deployment.applied` with action `kept`. It stays until a `deployment.deleted` names it.
+
+Templates whose last reconciliation hit a transient sink error are remembered
+(`unsettled`, `troubled`), so that the controller retries them with backoff until the sink
+recovers, without waiting for new events or the periodic resync.
 """
 
 from __future__ import annotations
@@ -19,20 +29,11 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from controller.config import RenderConfig
+from controller.labels import STOP_ANNOTATION, TEMPLATE_LABEL, VERSION_LABEL, Object, content_hash_of
 from controller.metrics import ControllerMetrics
 from controller.render import RenderError, render_inference_service, scale_plan
-from controller.sinks.base import (
-    STOP_ANNOTATION,
-    TEMPLATE_LABEL,
-    VERSION_LABEL,
-    ApplyAction,
-    Object,
-    PermanentSinkError,
-    Sink,
-    TransientSinkError,
-    content_hash_of,
-)
+from controller.render_config import RenderConfig
+from controller.sinks.base import ApplyAction, PermanentSinkError, Sink, TransientSinkError
 from controller.state import Deployment, DeploymentKey, DesiredState
 from events.types import DeploymentApplied, DeploymentFailed, DeploymentLoadStatus, EventKind, LoadStatus
 from templates.schema import ModelTemplateVersion
@@ -76,6 +77,7 @@ class ReconcileResult:
     actions: dict[DeploymentKey, str] = field(default_factory=dict)
     failures: dict[DeploymentKey, str] = field(default_factory=dict)  # permanent: retrying cannot help
     transient: TransientSinkError | None = None
+    kept: set[DeploymentKey] = field(default_factory=set)  # live objects without desired state, left alone
 
     @property
     def writes(self) -> int:
@@ -104,7 +106,11 @@ class Reconciler:
         self.metrics = metrics or ControllerMetrics()
         self.sink_name = sink_name
         self.live: dict[DeploymentKey, LiveObject] = {}
+        self.unsettled: set[str] = set()  # templates whose last reconciliation must be retried (sink unavailable)
+        self.troubled = asyncio.Event()  # set while `unsettled` is not empty
+        self._kept: set[DeploymentKey] = set()  # kept objects already reported
         self._locks: dict[DeploymentKey, asyncio.Lock] = {}
+        self._template_locks: dict[str, asyncio.Lock] = {}
 
     async def prime(self) -> int:
         """Fill the live-hash cache from the sink; returns the number of managed objects."""
@@ -126,6 +132,19 @@ class Reconciler:
             total.actions.update(result.actions)
             total.failures.update(result.failures)
             total.transient = total.transient or result.transient
+            total.kept |= result.kept
+        return total
+
+    async def retry_unsettled(self, stop: asyncio.Event | None = None) -> ReconcileResult:
+        """Reconcile again the templates whose last reconciliation hit a transient sink error."""
+        total = ReconcileResult()
+        for template in sorted(self.unsettled):
+            if stop is not None and stop.is_set():
+                break
+            result = await self.reconcile(template)
+            total.actions.update(result.actions)
+            total.failures.update(result.failures)
+            total.transient = total.transient or result.transient
         return total
 
     async def reconcile(self, template: str, addressed: Iterable[DeploymentKey] = ()) -> ReconcileResult:
@@ -134,13 +153,27 @@ class Reconciler:
         `addressed` are deployments an event named: they get a `deployment.applied`
         status even when nothing changed, so whoever asked hears back.
         """
+        # One reconciliation of a template at a time (the consumer, the resync and the sink retry may
+        # overlap): each renders from the state when it starts, so an older one finishing last would write
+        # an older version over a newer one.
+        async with self._template_lock(template):
+            result = await self._reconcile(template, set(addressed))
+        if result.transient is not None:
+            self.unsettled.add(template)
+            self.troubled.set()
+        else:
+            self.unsettled.discard(template)
+            if not self.unsettled:
+                self.troubled.clear()
+        return result
+
+    async def _reconcile(self, template: str, addressed: set[DeploymentKey]) -> ReconcileResult:
         result = ReconcileResult()
-        addressed = set(addressed)
         desired: dict[DeploymentKey, tuple[Deployment, ModelTemplateVersion, Object]] = {}
         for deployment in self.state.deployments_of(template):
             version = self.state.version_for(deployment)
             if version is None:
-                continue  # pinned to a deleted version, or no version left: nothing to serve
+                continue  # nothing to serve: deleted when its versions were deleted, kept when they are only missing
             try:
                 rendered = render_inference_service(version, deployment, self.render_config)
                 desired[deployment.key] = (deployment, version, rendered)
@@ -159,6 +192,9 @@ class Reconciler:
 
         stale = [key for key, live in self.live.items() if live.template == template and key not in desired and key not in result.failures]
         for key in stale:
+            if not self.state.removal_allowed(key, template):
+                await self._keep(template, key, result)
+                continue
             try:
                 await self._delete(template, key, result)
             except TransientSinkError as exc:
@@ -170,6 +206,45 @@ class Reconciler:
             if unserved is not None and unserved.template == template:  # requested, but nothing to serve
                 await self._announce(unserved, None, ApplyAction.UNCHANGED.value, None, note="no version of the template to serve")
         return result
+
+    async def _keep(self, template: str, key: DeploymentKey, result: ReconcileResult) -> None:
+        """Leave a live object whose desired state is missing alone, and report it once."""
+        owner = self.state.deployments.get(key)
+        live = self.live.get(key)
+        if live is None or (owner is not None and owner.template != template):
+            return  # now another template's deployment: that template's reconciliation replaces the object
+        result.kept.add(key)
+        if key in self._kept:
+            return
+        self._kept.add(key)
+        self.metrics.kept_objects.set(len(self._kept))
+        note = "no desired state for this object (events missing from the stream?): kept until a deployment.deleted names it"
+        log.warning("kept %s/%s: %s", key[0], key[1], note, extra={"template": template, "version": live.version})
+        await self.reporter.report(
+            EventKind.DEPLOYMENT_APPLIED,
+            DeploymentApplied(
+                template=template,
+                version=live.version,
+                namespace=key[0],
+                name=key[1],
+                content_hash=live.content_hash,
+                action="kept",
+                scale_to_zero=True,
+                note=note,
+            ),
+            template,
+        )
+
+    def _forget_kept(self, key: DeploymentKey) -> None:
+        if key in self._kept:
+            self._kept.discard(key)
+            self.metrics.kept_objects.set(len(self._kept))
+
+    def _template_lock(self, template: str) -> asyncio.Lock:
+        lock = self._template_locks.get(template)
+        if lock is None:
+            lock = self._template_locks[template] = asyncio.Lock()
+        return lock
 
     def _lock(self, key: DeploymentKey) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -185,6 +260,7 @@ class Reconciler:
         async with self._lock(key):
             before = self.live.get(key)
             if before is not None and before.content_hash == wanted:
+                self._forget_kept(key)
                 result.actions[key] = ApplyAction.UNCHANGED.value
                 if announce:
                     await self._announce(deployment, version, ApplyAction.UNCHANGED.value, wanted)
@@ -206,6 +282,7 @@ class Reconciler:
                 raise
             self.metrics.apply_latency.labels(self.sink_name, action.value).observe(time.perf_counter() - started)
             self.live[key] = LiveObject.of(obj)
+            self._forget_kept(key)
         reported = action.value
         if action is not ApplyAction.UNCHANGED and before is not None and before.stopped != deployment.stopped:
             reported = "stopped" if deployment.stopped else "resumed"
@@ -236,6 +313,7 @@ class Reconciler:
                 raise
             self.metrics.apply_latency.labels(self.sink_name, "deleted").observe(time.perf_counter() - started)
             self.live.pop(key, None)
+            self._forget_kept(key)
         if not existed and live.content_hash is None:
             return  # an earlier write that failed had not happened after all: nothing to report
         result.actions[key] = "deleted"

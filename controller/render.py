@@ -12,15 +12,12 @@ services (parallelism.nodes > 1) run in KServe's raw deployment mode with a
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 import msgspec
 from pydantic import ValidationError
 
-from controller.config import RenderConfig
-from controller.sinks.base import (
+from controller.labels import (
     HASH_ANNOTATION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -30,10 +27,10 @@ from controller.sinks.base import (
     VERSION_LABEL,
     Object,
 )
-from controller.state import NO_OVERRIDES, Deployment
-from events.types import DeploymentOverrides
-from runtimes.engine_args import engine_cli_args, runtime_env
-from templates.schema import ModelTemplateVersion, Scaling, errors_from
+from controller.render_config import RenderConfig
+from controller.state import Deployment
+from runtimes.engine_args import api_key_mount, engine_cli_args, runtime_env
+from templates.schema import ModelTemplateVersion, Scaling, error_text
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
@@ -44,14 +41,16 @@ AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
 RETENTION_ANNOTATION = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
 INITIAL_SCALE_ANNOTATION = "autoscaling.knative.dev/initial-scale"
 PROGRESS_DEADLINE_ANNOTATION = "serving.knative.dev/progress-deadline"
+# KServe's deployment modes by their names since v0.16; older KServe knows them only by the
+# legacy names, which v0.16 still accepts but records under the new ones (RenderConfig.legacy_deployment_modes)
+KNATIVE = "Knative"
+STANDARD = "Standard"
 SERVERLESS = "Serverless"
 RAW_DEPLOYMENT = "RawDeployment"
+LEGACY_MODE_NAMES = {KNATIVE: SERVERLESS, STANDARD: RAW_DEPLOYMENT}
 HF_TOKEN_ENV = "HF_TOKEN"
 MODEL_CACHE_VOLUME = "model-cache"
 WORKER_CONTAINER = "worker-container"
-# annotations that describe an object's history rather than its content: not hashed
-_UNHASHED_ANNOTATIONS = frozenset({HASH_ANNOTATION, SOURCE_EVENT_ANNOTATION})
-_PARTS_CACHE_SIZE = 4096
 
 
 class RenderError(ValueError):
@@ -72,20 +71,12 @@ class ScalePlan(NamedTuple):
 
 
 def effective_scaling(version: ModelTemplateVersion, deployment: Deployment) -> Scaling:
-    overrides = deployment.overrides
-    if overrides is NO_OVERRIDES or overrides.is_empty:
+    if deployment.overrides.is_empty:
         return version.spec.scaling
     try:
-        return _overridden(version.spec.scaling, overrides)
+        return deployment.overrides.apply_to(version.spec.scaling)
     except ValidationError as exc:
-        problems = "; ".join(f"{loc}: {msg}" for loc, msg in errors_from(exc))
-        raise RenderError(f"the deployment's overrides do not fit {version.ref}: {problems}") from None
-
-
-@lru_cache(maxsize=1024)
-def _overridden(scaling: Scaling, overrides: DeploymentOverrides) -> Scaling:
-    # both are frozen (hashable) models and re-validating the merge is the costly part of a render
-    return overrides.apply_to(scaling)
+        raise RenderError(f"the deployment's overrides do not fit {version.ref}: {error_text(exc)}") from None
 
 
 def scale_plan(version: ModelTemplateVersion, deployment: Deployment, scaling: Scaling | None = None) -> ScalePlan:
@@ -115,16 +106,41 @@ def scale_plan(version: ModelTemplateVersion, deployment: Deployment, scaling: S
 
 def render_inference_service(version: ModelTemplateVersion, deployment: Deployment, config: RenderConfig) -> Object:
     """The InferenceService for a deployment of a version, with its content hash annotated."""
+    spec = version.spec
     scaling = effective_scaling(version, deployment)
     plan = scale_plan(version, deployment, scaling)
-    parts = _parts_cache.parts(version, config)  # fresh containers, ours to fill in
+    local = spec.source_scheme == "local"
 
-    predictor: dict[str, Any] = {"model": parts["model"], "minReplicas": plan.min_replicas, "maxReplicas": plan.max_replicas}
-    predictor.update(parts["placement"])
-    annotations: dict[str, str] = parts["annotations"]
+    model: dict[str, Any] = {
+        "modelFormat": {"name": config.model_format},
+        "runtime": config.multinode_runtime if plan.multinode else config.runtime,
+        "args": engine_cli_args(spec, version.served_model_name),
+        "env": _env(version, config),
+        "resources": _resources(version, config),
+    }
+    if not local:
+        model["storageUri"] = spec.source
+    predictor: dict[str, Any] = {"model": model, "minReplicas": plan.min_replicas, "maxReplicas": plan.max_replicas}
+    predictor.update(_placement(version, config))
+    if spec.storage.cache_pvc:
+        model["volumeMounts"] = [{"name": MODEL_CACHE_VOLUME, "mountPath": config.model_cache_mount}]
+        predictor["volumes"] = [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.storage.cache_pvc}}]
+    if spec.serving is not None and spec.serving.api_key_secret is not None:
+        # a mounted file, not an env var: the runtime re-reads it when the Secret is rotated
+        volume, mount, env = api_key_mount(spec.serving.api_key_secret)
+        model.setdefault("volumeMounts", []).append(mount)
+        model["env"].append(env)
+        predictor.setdefault("volumes", []).append(volume)
+
+    annotations = {VERSION_HASH_ANNOTATION: version.content_hash, SERVED_MODEL_ANNOTATION: version.served_model_name}
     if plan.multinode:
-        predictor["workerSpec"] = parts["worker"]
+        annotations[DEPLOYMENT_MODE_ANNOTATION] = _mode_name(STANDARD, config)
+        annotations[AUTOSCALER_CLASS_ANNOTATION] = "none"
+        predictor["workerSpec"] = _worker_spec(version, config)
     else:
+        annotations[DEPLOYMENT_MODE_ANNOTATION] = _mode_name(KNATIVE, config)
+        deadline = config.cold_start.deadline_seconds(spec.model_size_gb, local_source=local)
+        annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
         predictor["scaleMetric"] = "concurrency"
         predictor["scaleTarget"] = scaling.target_concurrency
         predictor["timeout"] = config.request_timeout_s
@@ -138,116 +154,23 @@ def render_inference_service(version: ModelTemplateVersion, deployment: Deployme
     isvc: Object = {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": deployment.name, "namespace": deployment.namespace, "labels": parts["labels"], "annotations": annotations},
+        "metadata": {
+            "name": deployment.name,
+            "namespace": deployment.namespace,
+            "labels": _labels(version, config),
+            "annotations": annotations,
+        },
         "spec": {"predictor": predictor},
     }
-    annotations[HASH_ANNOTATION] = _canonical_hash(isvc)  # no history annotation yet: nothing to leave out
+    # the hash covers the content only: the annotation of the event that last changed it is added after
+    annotations[HASH_ANNOTATION] = "sha256:" + hashlib.sha256(msgspec.json.encode(isvc, order="sorted")).hexdigest()
     if deployment.event_id:
         annotations[SOURCE_EVENT_ANNOTATION] = deployment.event_id
     return isvc
 
 
-def object_hash(obj: Object) -> str:
-    """sha256 over the canonical JSON (sorted keys, compact, UTF-8) of an object without its history annotations."""
-    metadata = obj.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
-    if not _UNHASHED_ANNOTATIONS.isdisjoint(annotations):
-        metadata = metadata | {"annotations": {k: v for k, v in annotations.items() if k not in _UNHASHED_ANNOTATIONS}}
-        obj = obj | {"metadata": metadata}
-    return _canonical_hash(obj)
-
-
-def _canonical_hash(obj: Object) -> str:
-    return "sha256:" + hashlib.sha256(msgspec.json.encode(obj, order="sorted")).hexdigest()
-
-
-# ------------------------------------------------------------------ what the version alone decides
-#
-# The model container, placement, worker spec, labels and the version's annotations depend on the
-# version (immutable) and the configuration only. They are built once per version and kept as
-# compact JSON: decoding it hands every render fresh containers (callers may change what they get)
-# at a fraction of the cost of building them, and a cache of bytes holds no objects for the
-# garbage collector to trace.
-
-
-class _PartsCache:
-    """(template, version, content hash) → the version's parts as JSON, under one configuration at a time.
-
-    A version is admitted on its second render: most versions are rendered once (the deployments
-    that follow the latest version move on with the next one), and encoding parts no render will
-    read again costs a tenth of computing them. A controller renders with one configuration;
-    another one (compared by identity) starts the cache over.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.config: RenderConfig | None = None
-        self.entries: OrderedDict[tuple[str, int, str], bytes | None] = OrderedDict()  # None: rendered once
-
-    def parts(self, version: ModelTemplateVersion, config: RenderConfig) -> dict[str, Any]:
-        if config is not self.config:
-            self.entries.clear()
-            self.config = config
-        version_hash = version.content_hash  # computed once per version object (decoding computes it anyway)
-        key = (version.name, version.version, version_hash)
-        if key not in self.entries:
-            parts = _compute_parts(version, version_hash, config)
-            self.entries[key] = None
-            if len(self.entries) > self.size:
-                self.entries.popitem(last=False)
-            return parts
-        self.entries.move_to_end(key)
-        cached = self.entries[key]
-        if cached is not None:
-            remembered: dict[str, Any] = _PARTS_DECODER.decode(cached)
-            return remembered
-        parts = _compute_parts(version, version_hash, config)
-        self.entries[key] = msgspec.json.encode(parts)
-        return parts
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.config = None
-
-
-_PARTS_DECODER = msgspec.json.Decoder(dict[str, Any])
-_parts_cache = _PartsCache(_PARTS_CACHE_SIZE)
-
-
-def forget_rendered_versions() -> None:
-    """Drop what renders remember of versions: the next render of each computes its parts afresh (benchmarks)."""
-    _parts_cache.clear()
-
-
-def _compute_parts(version: ModelTemplateVersion, version_hash: str, config: RenderConfig) -> dict[str, Any]:
-    spec = version.spec
-    storage = spec.storage
-    local = spec.source_scheme == "local"
-    multinode = spec.parallelism.nodes > 1
-    model: dict[str, Any] = {
-        "modelFormat": {"name": config.model_format},
-        "runtime": config.multinode_runtime if multinode else config.runtime,
-        "args": engine_cli_args(spec, version.served_model_name),
-        "env": _env(version, config),
-        "resources": _resources(version, config),
-    }
-    if not local:
-        model["storageUri"] = spec.source
-    placement = _placement(version, config)
-    if storage.cache_pvc:
-        model["volumeMounts"] = [{"name": MODEL_CACHE_VOLUME, "mountPath": config.model_cache_mount}]
-        placement["volumes"] = [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": storage.cache_pvc}}]
-    annotations = {VERSION_HASH_ANNOTATION: version_hash, SERVED_MODEL_ANNOTATION: version.served_model_name}
-    parts: dict[str, Any] = {"model": model, "placement": placement, "labels": _labels(version, config), "annotations": annotations}
-    if multinode:
-        annotations[DEPLOYMENT_MODE_ANNOTATION] = RAW_DEPLOYMENT
-        annotations[AUTOSCALER_CLASS_ANNOTATION] = "none"
-        parts["worker"] = _worker_spec(version, config)
-    else:
-        annotations[DEPLOYMENT_MODE_ANNOTATION] = SERVERLESS
-        deadline = config.cold_start.deadline_seconds(spec.model_size_gb, local_source=local)
-        annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
-    return parts
+def _mode_name(mode: str, config: RenderConfig) -> str:
+    return LEGACY_MODE_NAMES[mode] if config.legacy_deployment_modes else mode
 
 
 def _labels(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, str]:
@@ -285,22 +208,11 @@ def _resources(version: ModelTemplateVersion, config: RenderConfig) -> dict[str,
     return {"requests": amounts, "limits": dict(amounts)}
 
 
-_last_tolerations: tuple[RenderConfig, tuple[tuple[tuple[str, Any], ...], ...]] | None = None
-
-
-def _tolerations(config: RenderConfig) -> list[dict[str, Any]]:
-    """The configuration's GPU tolerations as plain dicts (dumped once for the configuration last asked about)."""
-    global _last_tolerations
-    if _last_tolerations is None or _last_tolerations[0] is not config:
-        _last_tolerations = (config, tuple(tuple(t.model_dump(exclude_none=True).items()) for t in config.gpu_tolerations))
-    return [dict(toleration) for toleration in _last_tolerations[1]]
-
-
 def _placement(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, Any]:
     res = version.spec.resources
     if not res.gpus:
         return {}
-    placement: dict[str, Any] = {"tolerations": _tolerations(config)}
+    placement: dict[str, Any] = {"tolerations": [t.model_dump(exclude_none=True) for t in config.gpu_tolerations]}
     if res.gpu_type:
         # an unmapped type is used verbatim, for clusters that label nodes with their own names
         placement["nodeSelector"] = {config.gpu_node_selector_key: config.gpu_products.get(res.gpu_type, res.gpu_type)}

@@ -8,8 +8,8 @@ then kept up to date event by event, so it needs no database of its own:
 - deployments keyed by (namespace, name), each pinned to a version or following the
   template's latest, with a stopped flag and the stream sequence that last changed it.
 
-`DesiredState.apply()` returns the template whose InferenceServices must be
-reconciled, or raises `Rejected` for an event that can never succeed. Every event is
+`DesiredState.apply()` says whether an event changed the state, or raises
+`Rejected` for an event that can never succeed. Every event is
 reduced exactly once: events of one template (one subject) are first delivered in
 stream order, so a message whose stream sequence is at or below its template's
 high-water mark is a redelivery and changes nothing. Redelivery, duplicates and
@@ -38,14 +38,34 @@ from events.types import (
     TemplateVersionDeleted,
     TemplateVersionPublished,
 )
-from templates.registry import AddOutcome, ImmutableVersionError, VersionRegistry
-from templates.schema import ModelTemplateVersion, errors_from
+from templates.registry import AddOutcome, ImmutableVersionError, VersionRegistry, next_version_hint
+from templates.schema import ModelTemplateVersion, error_text
 
-# The cluster's own namespaces and the controller's: no event ever puts a model there.
-DEFAULT_RESERVED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "stokehold-system")
+# No event ever puts a model in these, even when the controller's configuration lists one: the
+# cluster's own namespaces, stokehold's, and those of the serving stack and its neighbours, whose
+# Secrets (webhook keys, CA keys, credentials) a model pod must never be able to name.
+DEFAULT_RESERVED_NAMESPACES = (
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "stokehold-system",
+    "kserve",
+    "knative-serving",
+    "knative-eventing",
+    "knative-operator",
+    "kourier-system",
+    "istio-system",
+    "istio-ingress",
+    "cert-manager",
+    "nats",
+    "monitoring",
+    "gpu-operator",
+    "ingress-nginx",
+    "local-path-storage",
+)
 
 DeploymentKey = tuple[str, str]  # (namespace, name)
-NO_OVERRIDES = DeploymentOverrides()  # what every deployment without overrides shares: renders check for it first
+NO_OVERRIDES = DeploymentOverrides()
 
 
 class Rejected(Exception):
@@ -78,7 +98,7 @@ class Deployment:
         return self.version is None
 
 
-class InboundEvent(NamedTuple):  # records made per event are tuples: a frozen dataclass costs several times more to build
+class InboundEvent(NamedTuple):
     """What the reducer needs of a decoded, validated inbound event."""
 
     kind: EventKind
@@ -96,18 +116,13 @@ class Change(enum.Enum):
     ALREADY_APPLIED = "already_applied"  # a redelivery: its sequence is at or below the high-water mark
 
 
-class Reduction(NamedTuple):
-    template: str
-    change: Change
-    deployment: DeploymentKey | None = None  # the deployment a deployment.* event addressed
-
-
 @dataclass
 class DesiredState:
     """Template versions and requested deployments. Pure: the same events give the same state."""
 
-    allowed_namespaces: frozenset[str] | None = None  # None: every namespace but the reserved ones
+    allowed_namespaces: frozenset[str] = frozenset()  # opt-in: only these are served (none by default)
     reserved_namespaces: frozenset[str] = frozenset(DEFAULT_RESERVED_NAMESPACES)
+    allow_trust_remote_code: bool = False  # platform policy: may a version run its model repository's code?
     versions: VersionRegistry = field(default_factory=VersionRegistry)
     deployments: dict[DeploymentKey, Deployment] = field(default_factory=dict)
     high_water: dict[str, int] = field(default_factory=dict)  # template (subject) → highest sequence reduced
@@ -115,6 +130,9 @@ class DesiredState:
     # sequence → reason for rejected events not yet acknowledged: a redelivery of one is rejected again
     rejections: dict[int, str] = field(default_factory=dict)
     _deleted_versions: dict[str, set[int]] = field(default_factory=dict)
+    # (namespace, name) → template of an explicit deployment.deleted not followed by a new request:
+    # the evidence that lets the reconciler delete a live object (see `removal_allowed`)
+    _deleted_deployments: dict[DeploymentKey, str] = field(default_factory=dict)
     _by_template: dict[str, list[DeploymentKey]] = field(default_factory=dict)  # sorted: the order renders run in
 
     # ------------------------------------------------------------------ queries
@@ -129,20 +147,38 @@ class DesiredState:
         """The version a deployment serves now: its pin, or the latest; None when there is none."""
         return self.versions.get(deployment.template, deployment.version)
 
+    def removal_allowed(self, key: DeploymentKey, template: str) -> bool:
+        """Whether events said explicitly that an object of `template` at `key` must go.
+
+        True after a `deployment.deleted` of it (not followed by a new request), or when the
+        deployment is known but every version it could serve was deleted by
+        `template.version.deleted`. A desired state that merely lacks the object (events
+        missing from the stream, a stream recreated) is no such evidence: the object stays.
+        """
+        if self._deleted_deployments.get(key) == template:
+            return True
+        deployment = self.deployments.get(key)
+        if deployment is None or deployment.template != template or self.version_for(deployment) is not None:
+            return False
+        deleted = self._deleted_versions.get(template, set())
+        if deployment.version is not None:
+            return deployment.version in deleted
+        return bool(deleted) and self.versions.latest(template) is None
+
     # ---------------------------------------------------------------- reducer
 
-    def apply(self, event: InboundEvent) -> Reduction:
+    def apply(self, event: InboundEvent) -> Change:
         """Reduce one event. Raises `Rejected` (state unchanged) for an event that can never succeed."""
         template = _template_of(event.data)
         subject = event.subject_template or template
         if event.sequence and event.sequence <= self.high_water.get(subject, 0):
             if event.sequence in self.rejections:
                 raise Rejected(self.rejections[event.sequence])
-            return Reduction(template, Change.ALREADY_APPLIED, _key_of(event.data))
+            return Change.ALREADY_APPLIED
         try:
             if event.subject_template is not None and event.subject_template != template:
                 raise Rejected(f"the subject names template {event.subject_template!r} but the data names {template!r}")
-            return self._reduce(event, template)
+            return self._reduce(event)
         except Rejected as exc:
             if event.sequence:
                 self.rejections[event.sequence] = exc.reason
@@ -159,7 +195,7 @@ class DesiredState:
         """Every event up to `sequence` is acknowledged (the durable consumer's ack floor)."""
         self.rejections = {seq: reason for seq, reason in self.rejections.items() if seq > sequence}
 
-    def _reduce(self, event: InboundEvent, template: str) -> Reduction:
+    def _reduce(self, event: InboundEvent) -> Change:
         data = event.data
         if isinstance(data, TemplateVersionPublished):
             return self._publish(data)
@@ -168,49 +204,64 @@ class DesiredState:
         if isinstance(data, DeploymentRequested):
             return self._request(data, event)
         if isinstance(data, DeploymentDeleted):
-            return self._delete_deployment(data, event)
+            return self._delete_deployment(data)
         if isinstance(data, DeploymentStopped | DeploymentResumed):
             return self._set_stopped(data, event, stopped=isinstance(data, DeploymentStopped))
         raise Rejected(f"{event.kind.ce_type} is not an inbound event type")  # pragma: no cover - decode forbids it
 
-    def _publish(self, version: TemplateVersionPublished) -> Reduction:
+    def _publish(self, version: TemplateVersionPublished) -> Change:
         if version.version in self._deleted_versions.get(version.name, ()):
             raise Rejected(
-                f"{version.ref} was deleted and versions are immutable: publish version {self._next_number(version.name)} instead"
+                f"{version.ref} was deleted and versions are immutable: {next_version_hint(version.name, self._next_number(version.name))}"
+            )
+        if version.spec.engine.trust_remote_code and not self.allow_trust_remote_code:
+            raise Rejected(
+                f"{version.ref} sets engine.trust_remote_code, which would run the model repository's own code: "
+                "this platform's policy does not allow it (the controller's allow_trust_remote_code is off)"
             )
         try:
             outcome = self.versions.add(version)
         except ImmutableVersionError as exc:
             raise Rejected(str(exc)) from None
-        if outcome is AddOutcome.IDENTICAL:
-            return Reduction(version.name, Change.UNCHANGED)
-        return Reduction(version.name, Change.CHANGED)
+        return Change.UNCHANGED if outcome is AddOutcome.IDENTICAL else Change.CHANGED
 
     def _next_number(self, template: str) -> int:
         deleted = self._deleted_versions.get(template, set())
         return max([self.versions.next_number(template) - 1, *deleted]) + 1
 
-    def _delete_version(self, data: TemplateVersionDeleted) -> Reduction:
+    def _delete_version(self, data: TemplateVersionDeleted) -> Change:
+        if data.version in self._deleted_versions.get(data.template, ()):
+            return Change.UNCHANGED
+        if self.versions.get(data.template, data.version) is None:
+            # refused, or the number would be blocked forever without ever having been used
+            known = ", ".join(map(str, self.versions.numbers(data.template))) or "none"
+            raise Rejected(f"{data.template}@{data.version} was never published (published versions: {known}): nothing to delete")
         removed = self.versions.remove(data.template, data.version)
         self._deleted_versions.setdefault(data.template, set()).add(data.version)
-        return Reduction(data.template, Change.CHANGED if removed is not None else Change.UNCHANGED)
+        return Change.CHANGED if removed is not None else Change.UNCHANGED
 
-    def _request(self, data: DeploymentRequested, event: InboundEvent) -> Reduction:
+    def _request(self, data: DeploymentRequested, event: InboundEvent) -> Change:
         key = data.key
         if data.namespace in self.reserved_namespaces:
-            raise Rejected(f"namespace {data.namespace!r} is reserved (the cluster's or stokehold's own): models never run there")
-        if self.allowed_namespaces is not None and data.namespace not in self.allowed_namespaces:
-            raise Rejected(f"namespace {data.namespace!r} is not one the controller manages ({', '.join(sorted(self.allowed_namespaces))})")
+            raise Rejected(
+                f"namespace {data.namespace!r} is reserved (the cluster's, the serving stack's or stokehold's own): models never run there"
+            )
+        if data.namespace not in self.allowed_namespaces:
+            served = ", ".join(sorted(self.allowed_namespaces)) or "none"
+            raise Rejected(
+                f"namespace {data.namespace!r} is not one the controller serves: namespaces are opt-in, "
+                f"listed in the controller's configuration (namespaces; now: {served})"
+            )
         if self.versions.latest(data.template) is None:
             raise Rejected(f"unknown template {data.template!r}: publish a version of it first")
         target = self.versions.get(data.template, data.version)
         if target is None:
-            known = ", ".join(str(v.version) for v in self.versions.versions(data.template))
+            known = ", ".join(map(str, self.versions.numbers(data.template)))
             raise Rejected(f"template {data.template!r} has no version {data.version} (known: {known})")
         try:
             data.overrides.apply_to(target.spec.scaling)
         except ValidationError as exc:
-            raise Rejected("overrides do not fit the template: " + "; ".join(f"{loc}: {msg}" for loc, msg in errors_from(exc))) from None
+            raise Rejected(f"overrides do not fit the template: {error_text(exc)}") from None
         existing = self.deployments.get(key)
         if existing is not None and existing.template != data.template:
             raise Rejected(f"{key[0]}/{key[1]} already deploys template {existing.template!r}; delete it first or choose another name")
@@ -219,41 +270,43 @@ class DesiredState:
             namespace=data.namespace,
             name=data.deployment_name,
             version=data.version,
-            overrides=NO_OVERRIDES if data.overrides.is_empty else data.overrides,
+            overrides=data.overrides,
             stopped=existing.stopped if existing is not None else False,  # stop/resume are explicit
             sequence=event.sequence,
             event_id=event.event_id,
         )
         if existing is not None and _same_request(existing, deployment):
-            return Reduction(data.template, Change.UNCHANGED, key)
+            return Change.UNCHANGED
         self._put(deployment)
-        return Reduction(data.template, Change.CHANGED, key)
+        return Change.CHANGED
 
-    def _delete_deployment(self, data: DeploymentDeleted, event: InboundEvent) -> Reduction:
+    def _delete_deployment(self, data: DeploymentDeleted) -> Change:
         key = data.key
         existing = self.deployments.get(key)
         if existing is not None and existing.template != data.template:
             raise Rejected(f"{key[0]}/{key[1]} deploys template {existing.template!r}, not {data.template!r}")
+        self._deleted_deployments[key] = data.template
         if existing is None:
-            return Reduction(data.template, Change.UNCHANGED, key)
+            return Change.UNCHANGED
         self.deployments.pop(key)
         self._by_template[existing.template].remove(key)
-        return Reduction(data.template, Change.CHANGED, key)
+        return Change.CHANGED
 
-    def _set_stopped(self, data: DeploymentStopped | DeploymentResumed, event: InboundEvent, *, stopped: bool) -> Reduction:
+    def _set_stopped(self, data: DeploymentStopped | DeploymentResumed, event: InboundEvent, *, stopped: bool) -> Change:
         key = data.key
         existing = self.deployments.get(key)
         if existing is None or existing.template != data.template:
             raise Rejected(f"no deployment {key[0]}/{key[1]} of template {data.template!r} to {'stop' if stopped else 'resume'}")
         if existing.stopped == stopped:
-            return Reduction(data.template, Change.UNCHANGED, key)
+            return Change.UNCHANGED
         self._put(replace(existing, stopped=stopped, sequence=event.sequence, event_id=event.event_id))
-        return Reduction(data.template, Change.CHANGED, key)
+        return Change.CHANGED
 
     def _put(self, deployment: Deployment) -> None:
         key = deployment.key
         if key not in self.deployments:  # a key keeps its template: only a new one joins the sorted list
             bisect.insort(self._by_template.setdefault(deployment.template, []), key)
+            self._deleted_deployments.pop(key, None)
         self.deployments[key] = deployment
 
 
@@ -268,12 +321,7 @@ def _template_of(data: BaseModel) -> str:
     return name
 
 
-def _key_of(data: BaseModel) -> DeploymentKey | None:
-    key = getattr(data, "key", None)
-    return key if isinstance(key, tuple) else None
-
-
-def rebuild(events: Iterable[InboundEvent], allowed_namespaces: frozenset[str] | None = None) -> DesiredState:
+def rebuild(events: Iterable[InboundEvent], allowed_namespaces: frozenset[str] = frozenset()) -> DesiredState:
     """The state after replaying events in stream order; rejected events are skipped as they were live."""
     state = DesiredState(allowed_namespaces=allowed_namespaces)
     for event in events:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from controller.sinks.base import STOP_ANNOTATION, TEMPLATE_LABEL, VERSION_LABEL, Object, content_hash_of
+from controller.labels import STOP_ANNOTATION, TEMPLATE_LABEL, VERSION_LABEL, Object, content_hash_of
 from events.types import DeploymentFailed, DeploymentLoadStatus, DeploymentReady, EventKind, LoadStatus
 
 # Reasons KServe and Knative give when a service will not become ready without a change.

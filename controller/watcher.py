@@ -1,7 +1,7 @@
 """Watches managed InferenceServices and reports their load status (see `controller.status`).
 
 One thread per scope (all namespaces, or each configured namespace) lists the managed
-services, then watches from the list's `resourceVersion` with the `kubernetes` client's
+services (a page at a time), then watches from the list's `resourceVersion` with the `kubernetes` client's
 `Watch`, resuming from the last `resourceVersion` it saw (bookmarks included). A 410 Gone
 means that version is too old: list again. Other errors back off exponentially (with
 jitter) and resume. The threads only hand raw changes to the event loop; one task there
@@ -25,8 +25,8 @@ from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel
 
-from controller.sinks.base import Object, is_managed
-from controller.sinks.kube import GROUP, MANAGED_SELECTOR, PLURAL, VERSION
+from controller.labels import Object, is_managed
+from controller.sinks.kube import GROUP, LIST_PAGE_SIZE, MANAGED_SELECTOR, PLURAL, VERSION
 from controller.status import Observation, transition
 from events.types import EventKind
 
@@ -88,14 +88,26 @@ class _ScopeWatch:
         return not self._thread.is_alive()
 
     def _list(self) -> tuple[list[Object], str | None]:
+        """Every managed service of the scope, a page at a time, and the resourceVersion to watch from."""
         api, timeout = self.owner.api, self.owner.request_timeout
-        if self.scope is None:
-            page: Any = api.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=MANAGED_SELECTOR, _request_timeout=timeout)
-        else:
-            page = api.list_namespaced_custom_object(
-                GROUP, VERSION, self.scope, PLURAL, label_selector=MANAGED_SELECTOR, _request_timeout=timeout
-            )
-        return list(page.get("items") or []), (page.get("metadata") or {}).get("resourceVersion")
+        items: list[Object] = []
+        token: str | None = None
+        while True:
+            options: dict[str, Any] = {
+                "label_selector": MANAGED_SELECTOR,
+                "limit": LIST_PAGE_SIZE,
+                "_continue": token,
+                "_request_timeout": timeout,
+            }
+            if self.scope is None:
+                page: Any = api.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
+            else:
+                page = api.list_namespaced_custom_object(GROUP, VERSION, self.scope, PLURAL, **options)
+            items += page.get("items") or []
+            metadata = page.get("metadata") or {}
+            token = metadata.get("continue") or None
+            if not token:
+                return items, metadata.get("resourceVersion")
 
     def _stream(self) -> None:
         owner = self.owner

@@ -1,7 +1,7 @@
 """CloudEvents over NATS JetStream: event types, encoding, the stream, the publisher and the CLI.
 
     import events
-    result = await events.publish(EventKind.DEPLOYMENT_REQUESTED, {"template": "gemma-7b-it", "namespace": "llm"})
+    result = await events.publish(EventKind.DEPLOYMENT_REQUESTED, {"template": "gemma-3-12b-it", "namespace": "llm"})
     async with await events.Publisher.connect() as publisher: ...
 
 `publish` and `Publisher` load on first use, so that `import events.types` (the

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
 from rich.text import Text
 
 from events.codec import DecodedEvent
 from events.reader import ReceivedEvent
-from events.status_view import DeploymentSummary
+from events.status_view import DeploymentSummary, Rejection
 from events.types import (
     DeploymentApplied,
     DeploymentFailed,
     DeploymentLoadStatus,
     DeploymentReady,
+    EventAccepted,
     EventRejected,
+    TemplateVersionDeleted,
     TemplateVersionPublished,
 )
+from templates.tables import Cell
 
-_STYLES = {"ready": "green", "failed": "red", "rejected": "red", "applied": "cyan", "load_status": "yellow"}
+_STYLES = {"ready": "green", "failed": "red", "rejected": "red", "accepted": "cyan", "applied": "cyan", "load_status": "yellow"}
 _PHASE_STYLES = {"Ready": "green", "Failed": "red", "Loading": "yellow", "Loaded": "yellow", "Stopped": "dim", "Deleted": "dim"}
+STATUS_COLUMNS = ["NAMESPACE", "NAME", "TEMPLATE", "VERSION", "PHASE", "URL / REASON", "UPDATED"]
+REJECTION_COLUMNS = ["TIME", "EVENT", "SUBJECT", "REASON"]
 
 
 def describe(event: DecodedEvent) -> str:
@@ -28,24 +32,33 @@ def describe(event: DecodedEvent) -> str:
     data = event.data
     if isinstance(data, TemplateVersionPublished):
         return f"{data.ref} {data.spec.source} ({event.content_hash})"
+    if isinstance(data, TemplateVersionDeleted):
+        return f"{data.template}@{data.version}"
     if isinstance(data, EventRejected):
         return f"{data.original_type or '?'} {data.original_id or '?'} on {data.subject}: {data.reason}"
-    where = _deployment(data)
+    if isinstance(data, EventAccepted):
+        answered = f"{data.original_type} {data.original_id} on {data.subject} #{data.stream_sequence}"
+        return answered + (f" ({data.note})" if data.note else "")
     if isinstance(data, DeploymentApplied):
-        return f"{where} {data.action}" + (f" ({data.note})" if data.note else "")
+        return f"{_deployment(data)} {data.action}" + (f" ({data.note})" if data.note else "")
     if isinstance(data, DeploymentReady):
-        return f"{where} ready at {data.url or '(no URL yet)'}"
+        return f"{_deployment(data)} ready at {data.url or '(no URL yet)'}"
     if isinstance(data, DeploymentFailed):
-        return f"{where} failed: {data.reason}"
+        return f"{_deployment(data)} failed: {data.reason}"
     if isinstance(data, DeploymentLoadStatus):
-        return f"{where} load {data.status.value}" + (f": {data.reason}" if data.reason else "")
+        return f"{_deployment(data)} load {data.status.value}" + (f": {data.reason}" if data.reason else "")
+    # the inbound deployment events (and any kind added later): their fields, never an AttributeError
     fields = data.model_dump(exclude_none=True, exclude_defaults=True)
+    key = getattr(data, "key", None)
+    if isinstance(key, tuple) and len(key) == 2:
+        rest = {name: value for name, value in fields.items() if name not in {"template", "namespace", "name", "version"}}
+        return " ".join([_deployment(data, key[1]), *(f"{name}={value}" for name, value in rest.items())])
     return " ".join(f"{key}={value}" for key, value in fields.items())
 
 
-def _deployment(data: Any) -> str:
+def _deployment(data: Any, name: str | None = None) -> str:
     version = f"@{data.version}" if getattr(data, "version", None) is not None else ""
-    return f"{data.namespace}/{data.name} ({data.template}{version})"
+    return f"{data.namespace}/{name or data.name} ({data.template}{version})"
 
 
 def event_line(item: ReceivedEvent) -> Text:
@@ -77,21 +90,30 @@ def event_record(item: ReceivedEvent) -> dict[str, Any]:
     }
 
 
-def status_table(summaries: list[DeploymentSummary]) -> Table:
-    table = Table(title="stokehold deployments", title_justify="left")
-    for column in ("NAMESPACE", "NAME", "TEMPLATE", "VERSION", "PHASE", "URL / REASON", "UPDATED"):
-        table.add_column(column, overflow="fold")
-    for row in summaries:
-        table.add_row(
+def _moment(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def status_rows(summaries: list[DeploymentSummary]) -> list[list[Cell]]:
+    return [
+        [
             row.namespace,
             row.name,
             row.template,
             str(row.version) if row.version is not None else "latest",
             Text(row.phase, style=_PHASE_STYLES.get(row.phase, "cyan")),
             row.url or row.reason or "",
-            row.updated.strftime("%Y-%m-%d %H:%M:%S") if row.updated else "",
-        )
-    return table
+            _moment(row.updated),
+        ]
+        for row in summaries
+    ]
 
 
-__all__ = ["describe", "event_line", "event_record", "status_table"]
+def rejection_rows(rejections: list[Rejection]) -> list[list[Cell]]:
+    return [
+        [_moment(row.time), (row.original_type or "?").removeprefix("dev.stokehold."), row.subject, Text(row.reason, style="red")]
+        for row in rejections
+    ]
+
+
+__all__ = ["REJECTION_COLUMNS", "STATUS_COLUMNS", "describe", "event_line", "event_record", "rejection_rows", "status_rows"]

@@ -4,14 +4,22 @@
     STOKEHOLD_NATS_USER / _PASSWORD, STOKEHOLD_NATS_TOKEN
     STOKEHOLD_NATS_CREDS      credentials file (NKEYS/JWT, as made by `nsc`)
     STOKEHOLD_NATS_TLS_CA / _TLS_CERT / _TLS_KEY
+    STOKEHOLD_NATS_TLS_HANDSHAKE_FIRST   true for a server configured with `handshake_first`
 
 The controller and the CLI both connect through `NatsOptions.connect()`, which turns every
 way a first connection can fail into one `NatsConnectError` with a one-line message.
+
+TLS means TLS: a tls:// or wss:// URL, or any TLS option, makes a plaintext connection
+impossible. nats-py on its own starts TLS only when the server's INFO says `tls_required`,
+so a server (or anything in the path) that leaves it out would receive the CONNECT,
+password included, in plaintext. With TLS required, the client refuses to send CONNECT on
+a connection that is not encrypted, on the first connection and on every reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from pathlib import Path
@@ -20,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.transport import TcpTransport, WebSocketTransport
 from pydantic import Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -37,6 +46,37 @@ class _GiveUp(Exception):
     """Raised from the error callback to end the first connection attempts early."""
 
 
+class TlsNotStartedError(nats.errors.Error):
+    """The connection requires TLS but the server did not start it; nothing was sent to the server."""
+
+    def __str__(self) -> str:
+        return "the server did not start TLS (its INFO lacks tls_required), so nothing was sent: no credentials left this client"
+
+
+class _TlsOnlyClient(NatsClient):
+    """A nats-py client that sends CONNECT, and with it any credentials, only over an encrypted connection.
+
+    `_connect_command` is where nats-py builds CONNECT, after reading INFO and starting TLS
+    if INFO asked for it, on first connections and reconnects alike, so the check sits
+    there. A test against a server that leaves `tls_required` out keeps this hook honest
+    across nats-py versions.
+    """
+
+    def _connect_command(self) -> bytes:
+        if not _encrypted(self._transport):
+            raise TlsNotStartedError
+        return super()._connect_command()
+
+
+def _encrypted(transport: object) -> bool:
+    if isinstance(transport, TcpTransport):
+        writer = transport._io_writer
+        return writer is not None and writer.get_extra_info("ssl_object") is not None
+    if isinstance(transport, WebSocketTransport):
+        return transport._using_tls is True
+    return False  # a transport we do not know: never assume it is encrypted
+
+
 class NatsOptions(BaseSettings):
     """Connection options; flags (init arguments) win over `STOKEHOLD_NATS_*` variables."""
 
@@ -50,6 +90,8 @@ class NatsOptions(BaseSettings):
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # TLS before anything else, even INFO: only for a server whose TLS block sets `handshake_first`.
+    tls_handshake_first: bool = False
     name: str = "stokehold"
     # Where JetStream sends this client's acks and fetched messages. With subject permissions, give
     # every publisher its own prefix (e.g. `_INBOX_team_a`) so that none needs `_INBOX.>`, which
@@ -99,6 +141,11 @@ class NatsOptions(BaseSettings):
             path = getattr(self, field)
             if path is not None and not path.is_file():
                 raise ValueError(f"{field}: no such file: {path}")
+        schemes = {url.split("://", 1)[0].lower() for url in self.url}
+        if {"tls", "nats"} <= schemes:
+            raise ValueError("the server URLs mix tls:// and nats://: TLS is required for all of them, so write each as tls://")
+        if self.uses_tls and "ws" in schemes:
+            raise ValueError("a ws:// URL cannot carry TLS, which a wss:// URL or a TLS option requires: use wss://")
         return self
 
     @property
@@ -108,7 +155,13 @@ class NatsOptions(BaseSettings):
 
     @property
     def uses_tls(self) -> bool:
-        return self.tls_ca is not None or self.tls_cert is not None or any(url.lower().startswith(("tls://", "wss://")) for url in self.url)
+        """TLS is required: a tls:// or wss:// URL or any TLS option asks for it, and no connection goes without it."""
+        return (
+            self.tls_ca is not None
+            or self.tls_cert is not None
+            or self.tls_handshake_first
+            or any(url.lower().startswith(("tls://", "wss://")) for url in self.url)
+        )
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.uses_tls:
@@ -139,11 +192,12 @@ class NatsOptions(BaseSettings):
         tls = self.tls_context()
         if tls is not None:
             kwargs["tls"] = tls
+            kwargs["tls_handshake_first"] = self.tls_handshake_first
         return kwargs
 
     async def connect(self, **client_options: Any) -> NatsClient:
         """A connected nats-py client. `client_options` pass through (e.g. `disconnected_cb`)."""
-        client = NatsClient()
+        client = _TlsOnlyClient() if self.uses_tls else NatsClient()
         failures: list[Exception] = []
         connected = False
 
@@ -152,9 +206,13 @@ class NatsOptions(BaseSettings):
                 log.warning("NATS: %s", _describe(exc))
                 return
             failures.append(exc)
-            if isinstance(exc, ssl.SSLCertVerificationError):
-                # Retrying cannot help, and nats-py would wait forever closing the failed TLS stream.
+            if isinstance(exc, ssl.SSLCertVerificationError | TlsNotStartedError) or _is_auth_failure(exc):
+                # Retrying cannot help: a downgrade is refused at once, credentials refused on a first
+                # connection stay refused, and after a failed certificate check nats-py would wait
+                # forever closing the TLS stream.
                 raise _GiveUp from None
+            # not silent while it retries (the controller waits long for a NATS that is still starting)
+            log.info("NATS at %s not reachable yet (attempt %d): %s", self.servers, len(failures), _describe(exc))
 
         try:
             kwargs = self.connect_kwargs()
@@ -163,7 +221,12 @@ class NatsOptions(BaseSettings):
         try:
             await asyncio.wait_for(client.connect(**kwargs, error_cb=on_error, **client_options), self._connect_budget())
         except (_GiveUp, OSError, TimeoutError, nats.errors.Error) as exc:
+            if any(isinstance(failure, TlsNotStartedError) for failure in failures):
+                await _abandon(client)
             raise NatsConnectError(self._failure_line(failures or [exc])) from None
+        except asyncio.CancelledError:  # e.g. SIGTERM while still connecting: leave nothing behind
+            await _abandon(client)
+            raise
         connected = True
         return client
 
@@ -175,6 +238,11 @@ class NatsOptions(BaseSettings):
         return attempts * (2 * self.connect_timeout + self.reconnect_time_wait) + self.connect_timeout
 
     def _failure_line(self, failures: list[Exception]) -> str:
+        if any(isinstance(exc, TlsNotStartedError) for exc in failures):
+            return (
+                f"refusing to talk to NATS at {self.servers} in plaintext: TLS is required (tls:// or a TLS option), "
+                "but the server did not start TLS (its INFO lacks tls_required); no credentials were sent"
+            )
         refused = next((exc for exc in failures if _is_auth_failure(exc)), None)
         if refused is not None:
             return (
@@ -189,6 +257,15 @@ class NatsOptions(BaseSettings):
             # finished, so a missing certificate often shows up as a bare reset instead of an alert.
             line += " (the server may require a client certificate: set tls_cert and tls_key)"
         return line
+
+
+async def _abandon(client: NatsClient) -> None:
+    """Close the plaintext connection a refused downgrade leaves open (not `client.close()`: it was never connected)."""
+    transport = client._transport
+    if transport is not None:
+        transport.close()  # type: ignore[no-untyped-call]  # nats-py's transports are not annotated
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(transport.wait_closed(), 2.0)  # type: ignore[no-untyped-call]
 
 
 # How a server that wants a client certificate may end a TLS 1.3 connection: the client has
@@ -214,10 +291,14 @@ def _describe(exc: Exception) -> str:
 
 
 def _redacted(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. nats://[::1 (an unclosed IPv6 bracket): cut any user info out by hand
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}" if "@" in rest else url
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
-__all__ = ["DEFAULT_URL", "NatsConnectError", "NatsOptions"]
+__all__ = ["DEFAULT_URL", "NatsConnectError", "NatsOptions", "TlsNotStartedError"]

@@ -2,18 +2,13 @@
 
     async with await Publisher.connect(NatsOptions()) as publisher:
         await publisher.publish_version(version)
-        await publisher.request_deployment("gemma-7b-it", namespace="llm", overrides={"min_replicas": 1})
+        await publisher.request_deployment("gemma-3-12b-it", namespace="llm", overrides={"min_replicas": 1})
 
 One connection serves every publish; data that is already a validated model is not
 validated again. Invalid data raises `EventDataError` (naming the field) before anything
-is sent; a failed publish raises `PublishError`.
-
-A JetStream publish is a NATS request to the event's subject that the stream answers with a
-JSON acknowledgement (`{"stream": ..., "seq": ..., "duplicate": ...}` or `{"error": ...}`).
-The publisher makes that request itself rather than through nats-py's
-`JetStreamContext.publish`: same protocol and errors, without a wrapper whose acknowledgement
-dataclass cost more than our own encoding (a publish's client-side work runs with the
-processor's caches cold from the wait for the previous acknowledgement, so every step counts).
+is sent; a failed publish raises `PublishError`. Each publish is nats-py's
+`JetStreamContext.publish` with the expected stream named, so a subject that another
+stream captures is refused by the server instead of stored in the wrong place.
 """
 
 from __future__ import annotations
@@ -22,10 +17,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
 
-import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 from pydantic import BaseModel
 
 from events.codec import NATS_MSG_ID, Mode, encode, subject_for, template_of, validate_data
@@ -36,6 +30,7 @@ from events.types import (
     SUBJECT_ROOT,
     DeploymentOverrides,
     EventKind,
+    stream_for,
 )
 from templates.schema import ModelTemplateVersion
 
@@ -44,13 +39,17 @@ class PublishError(RuntimeError):
     """JetStream did not store the event (no stream, no ack in time, or an API error)."""
 
 
+# JetStream's error code for "expected stream does not match" (the Nats-Expected-Stream header)
+_WRONG_STREAM = 10060
+
+
 class PublishResult(NamedTuple):
     event_id: str
     kind: EventKind
     subject: str
     stream: str
     sequence: int
-    duplicate: bool  # JetStream already held an event with this id: stored once
+    duplicate: bool  # JetStream already held an event with this id (a retried publish): stored once
 
 
 class Publisher:
@@ -60,7 +59,7 @@ class Publisher:
         *,
         source: str = SOURCE_DEFAULT,
         mode: Mode = "binary",
-        stream: str = STREAM_NAME,
+        stream: str = STREAM_NAME,  # the desired-state stream; status events and dead letters go to the streams named after it
         subject_root: str = SUBJECT_ROOT,
         ack_timeout: float = 5.0,
         owns_client: bool = False,
@@ -72,6 +71,7 @@ class Publisher:
         self.subject_root = subject_root
         self.ack_timeout = ack_timeout
         self._owns_client = owns_client
+        self._js = client.jetstream()
 
     @classmethod
     async def connect(cls, options: NatsOptions | None = None, **settings: Any) -> Publisher:
@@ -97,18 +97,22 @@ class Publisher:
         template = template_of(kind, model)
         subject = subject_for(kind, template, self.subject_root)
         headers, payload = encode(kind, model, source=self.source, subject_template=template, event_id=event_id, mode=self.mode)
+        stream = stream_for(kind, self.stream)
         try:
-            reply = await self.client.request(subject, payload, timeout=self.ack_timeout, headers=headers)
-        except nats.errors.NoRespondersError:
+            ack = await self._js.publish(subject, payload, timeout=self.ack_timeout, stream=stream, headers=headers)
+        except NoStreamResponseError:
             raise PublishError(f"no JetStream stream stores {subject}: run `stokehold stream provision` first") from None
+        except APIError as exc:
+            if exc.err_code == _WRONG_STREAM:
+                raise PublishError(f"{subject} is stored by another stream than {stream}: check the streams' subjects") from None
+            raise PublishError(f"JetStream refused the event on {subject}: {exc.description or exc}") from None
         except (TimeoutError, nats.errors.TimeoutError):
             raise PublishError(f"JetStream did not acknowledge the event on {subject} in time") from None
         except nats.errors.Error as exc:
             raise PublishError(f"publishing to {subject} failed: {exc}") from None
-        stream, sequence, duplicate = _acknowledgement(subject, reply.data)
-        if stream != self.stream:  # checked after the fact: an expected-stream header costs every publish
-            raise PublishError(f"{subject} is stored by stream {stream}, not {self.stream}: check the streams' subjects")
-        return PublishResult(headers[NATS_MSG_ID], kind, subject, stream, sequence, duplicate)
+        except (ValueError, TypeError, KeyError, AttributeError):  # nats-py could not read the answer as an acknowledgement
+            raise PublishError(f"{subject} was answered, but not by a JetStream stream (no acknowledgement)") from None
+        return PublishResult(headers[NATS_MSG_ID], kind, subject, ack.stream, ack.seq, bool(ack.duplicate))
 
     # ----------------------------------------------------------------- inbound
 
@@ -161,28 +165,6 @@ class Publisher:
             {"template": template, "namespace": namespace} if name is None else {"template": template, "namespace": namespace, "name": name}
         )
         return await self.publish(kind, data, event_id=event_id)
-
-
-def _acknowledgement(subject: str, data: bytes) -> tuple[str, int, bool]:
-    """(stream, sequence, duplicate) from JetStream's answer to a publish; its errors become `PublishError`s."""
-    try:
-        ack = msgspec.json.decode(data)  # a tenth of what `json.loads` costs, which counts on every publish
-    except msgspec.DecodeError:
-        ack = None
-    if not isinstance(ack, dict):
-        raise PublishError(f"{subject} was answered, but not by a JetStream stream (no acknowledgement)")
-    error = ack.get("error")
-    if error is not None:
-        try:
-            APIError.from_error(error)  # raises nats-py's error for it, as `JetStreamContext.publish` would
-        except APIError as exc:
-            raise PublishError(f"JetStream refused the event on {subject}: {exc.description or exc}") from None
-        except (KeyError, TypeError):
-            raise PublishError(f"JetStream refused the event on {subject}: {error}") from None
-    stream, sequence = ack.get("stream"), ack.get("seq")
-    if not isinstance(stream, str) or not isinstance(sequence, int):
-        raise PublishError(f"{subject} was answered, but not by a JetStream stream (no acknowledgement)")
-    return stream, sequence, bool(ack.get("duplicate"))
 
 
 async def publish(

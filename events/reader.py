@@ -1,12 +1,14 @@
-"""Read events back: follow subjects as events arrive, or replay the stream from its start.
+"""Read events back: follow subjects as events arrive, or replay the streams from their start.
 
 Both yield `ReceivedEvent`s, which hold either the decoded event or the reason it could not
-be decoded, so one bad message never stops a reader.
+be decoded, so one bad message never stops a reader. A replay of a stream that does not
+exist raises `StreamMissingError` (nothing stored and nothing provisioned are not the same).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
@@ -16,11 +18,34 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NotJSMessageError
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from events.codec import DecodedEvent, EventDecodeError, decode
-from events.types import STREAM_NAME, SUBJECT_ROOT, deadletter_subject, inbound_filter, status_filter
+from events.types import (
+    STREAM_NAME,
+    SUBJECT_ROOT,
+    StreamRole,
+    deadletter_subject,
+    inbound_filter,
+    role_of_subject,
+    status_filter,
+    stream_name,
+)
+
+
+class StreamMissingError(LookupError):
+    """The stream to read does not exist (yet); the message is one line meant for people."""
+
+    def __init__(self, streams: Sequence[str]) -> None:
+        self.streams = list(streams)
+        names = " and ".join([", ".join(self.streams[:-1]), self.streams[-1]] if len(self.streams) > 1 else self.streams)
+        super().__init__(
+            f"the stream {names} does not exist" if len(self.streams) == 1 else f"the streams {names} do not exist"
+        )
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}: run `stokehold stream provision` (or start the controller, which creates it)"
 
 
 @dataclass(frozen=True)
@@ -95,23 +120,61 @@ async def replay(
     client: NatsClient,
     subject_filter: str | None = None,
     *,
-    stream: str = STREAM_NAME,
+    stream: str | None = None,
     root: str = SUBJECT_ROOT,
+    base: str = STREAM_NAME,
     limit: int | None = None,
+    last: int | None = None,
     idle_timeout: float = 5.0,
 ) -> AsyncGenerator[ReceivedEvent, None]:
-    """Stored events on `subject_filter` (default: all), oldest first, up to `limit`; ends when caught up."""
-    js = client.jetstream()
+    """Stored events on `subject_filter` (default: all), oldest first, up to `limit`; ends when caught up.
+
+    Without `stream`, the filter picks the stream (desired state, status or dead letters); a
+    filter that spans them, or none, reads the three streams one after the other, skipping
+    those that do not exist. `StreamMissingError` when none of the streams read exists.
+    `last`: only the newest `last` events of each stream (all on the filter's subjects).
+    """
     subject_filter = subject_filter or f"{root}.>"
-    try:
-        info = await js.stream_info(stream, subjects_filter=subject_filter)
-    except NotFoundError:
-        return
-    stored = sum((info.state.subjects or {}).values())
-    wanted = stored if limit is None else min(limit, stored)
+    if stream is not None:
+        streams = [stream]
+    else:
+        role = role_of_subject(subject_filter, root)
+        streams = [stream_name(role, base)] if role is not None else [stream_name(each, base) for each in StreamRole]
+    remaining = limit
+    missing = []
+    for name in streams:
+        if remaining is not None and remaining <= 0:
+            return
+        try:
+            info = await client.jetstream().stream_info(name, subjects_filter=subject_filter)
+        except NotFoundError:
+            missing.append(name)
+            continue
+        stored = sum((info.state.subjects or {}).values())
+        start = None if last is None else max(info.state.first_seq, info.state.last_seq - last + 1)
+        wanted = stored if last is None else min(last, stored)
+        wanted = wanted if remaining is None else min(remaining, wanted)
+        async with contextlib.aclosing(_replay_stream(client, name, subject_filter, wanted, start, idle_timeout)) as events:
+            async for event in events:
+                yield event
+                if remaining is not None:
+                    remaining -= 1
+    if len(missing) == len(streams):
+        raise StreamMissingError(missing)
+
+
+async def _replay_stream(
+    client: NatsClient, stream: str, subject_filter: str, wanted: int, start: int | None, idle_timeout: float
+) -> AsyncGenerator[ReceivedEvent, None]:
+    """Up to `wanted` events of one stream, from its start or from sequence `start`."""
     if wanted <= 0:
         return
-    subscription = await js.subscribe(subject_filter, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    js = client.jetstream()
+    if start is None:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    else:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+    subscription = await js.subscribe(subject_filter, stream=stream, ordered_consumer=True, config=config)
     try:
         for _ in range(wanted):
             try:
@@ -126,4 +189,4 @@ async def replay(
         await subscription.unsubscribe()
 
 
-__all__ = ["ReceivedEvent", "follow", "received", "replay", "status_subjects"]
+__all__ = ["ReceivedEvent", "StreamMissingError", "follow", "received", "replay", "status_subjects"]

@@ -1,7 +1,9 @@
-"""The latest known state of each deployment, folded from its status events (pure, no I/O).
+"""The latest known state of each deployment, folded from its status events, and the recent
+rejections, from the dead letters (pure, no I/O).
 
-`stokehold status` (also `kubectl stokehold status`) replays the status subjects and
-shows one row per deployment from this fold.
+`stokehold status` (also `kubectl stokehold status`) replays the status stream and the
+newest dead letters and shows one row per deployment, then the events the controller
+refused with its reason: a deployment it refused never reaches the first table.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from events.types import (
     DeploymentFailed,
     DeploymentLoadStatus,
     DeploymentReady,
+    EventRejected,
     LoadStatus,
 )
 
@@ -28,19 +31,42 @@ class DeploymentSummary(BaseModel):
     name: str
     template: str
     version: int | None = None
-    phase: str  # Applied, Loading, Loaded, Ready, Failed, Stopped, Deleted
+    phase: str  # Applied, Loading, Loaded, Ready, Failed, Stopped, Deleted, Kept
     url: str | None = None
     reason: str | None = None
     load_status: LoadStatus | None = None
     updated: datetime | None = None
     event_id: str
+    content_hash: str | None = None  # of the object the latest status event is about
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
 
 
-_APPLIED_PHASE = {"stopped": "Stopped", "deleted": "Deleted"}
+class Rejection(BaseModel):
+    """One dead letter: which event the controller refused, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    time: datetime | None = None
+    original_id: str | None = None
+    original_type: str | None = None
+    subject: str
+    reason: str
+    stream_sequence: int | None = None
+
+
+def rejections(events: Iterable[DecodedEvent]) -> list[Rejection]:
+    """The `event.rejected` among `events`, in their order; other kinds are skipped."""
+    return [
+        Rejection(time=event.time, **event.data.model_dump(include=set(Rejection.model_fields)))
+        for event in events
+        if isinstance(event.data, EventRejected)
+    ]
+
+
+_APPLIED_PHASE = {"stopped": "Stopped", "deleted": "Deleted", "kept": "Kept"}
 
 
 def summarize(events: Iterable[DecodedEvent]) -> list[DeploymentSummary]:
@@ -62,8 +88,12 @@ def summarize(events: Iterable[DecodedEvent]) -> list[DeploymentSummary]:
             "url": previous.url if previous else None,
             "load_status": previous.load_status if previous else None,
             "reason": None,
+            "content_hash": data.content_hash or (previous.content_hash if previous else None),
         }
-        if isinstance(data, DeploymentApplied):
+        if isinstance(data, DeploymentApplied) and data.action == "unchanged" and previous is not None:
+            # an unchanged object is as it was: Ready stays Ready
+            fields |= {"phase": previous.phase, "reason": data.note or previous.reason}
+        elif isinstance(data, DeploymentApplied):
             fields["phase"] = _APPLIED_PHASE.get(data.action, "Applied")
             if data.action in _APPLIED_PHASE:
                 fields["url"] = None
@@ -88,4 +118,4 @@ def _load_phase(status: LoadStatus, previous: DeploymentSummary | None) -> str:
     return "Loading"
 
 
-__all__ = ["DeploymentSummary", "summarize"]
+__all__ = ["DeploymentSummary", "Rejection", "rejections", "summarize"]

@@ -3,24 +3,40 @@
 Inbound events (users → controller) live on one subject per template, so that
 JetStream keeps them in order per template:
 
-    stokehold.templates.<template>.<kind>        e.g. stokehold.templates.gemma-7b-it.version.published
+    stokehold.templates.<template>.<kind>        e.g. stokehold.templates.gemma-3-12b-it.version.published
 
 Outbound status events go to `stokehold.status.<template>.<kind>` and rejected
-events to `stokehold.deadletter.<template or _>`.
+events to `stokehold.deadletter.<template or _>`. The controller answers every inbound
+event it consumes: `event.accepted` once it is applied (a status event), or `event.rejected`
+with the reason (a dead letter); both name the event they answer (`original_id`) and its
+stream sequence, so a publisher can follow the outcome of its own event (`--wait`).
+
+Three JetStream streams hold them, so that status traffic and junk can never push the
+desired state out: `STOKEHOLD` (inbound only: the desired state, never aged out),
+`STOKEHOLD_STATUS` and `STOKEHOLD_DEADLETTER` (each with its own size and age limits).
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema, field_validator, model_validator
 
-from templates.schema import DURATION_RE, DnsLabel, ModelTemplateVersion, Scaling, check_dns_label
+from templates.schema import (
+    DURATION_RE,
+    VERSION_MAX,
+    DnsLabel,
+    ModelTemplateVersion,
+    Scaling,
+    check_dns_label,
+    check_service_name,
+    errors_from,
+)
 
 TYPE_PREFIX = "dev.stokehold."
 SUBJECT_ROOT = "stokehold"
-STREAM_NAME = "STOKEHOLD"
+STREAM_NAME = "STOKEHOLD"  # the desired-state stream; the other two are named after it
 SOURCE_DEFAULT = "/stokehold/cli"
 HASH_EXTENSION = "stokeholdhash"  # CloudEvents extension names: lower-case alphanumerics only
 
@@ -40,6 +56,7 @@ class EventKind(enum.StrEnum):
     DEPLOYMENT_READY = "deployment.ready"
     DEPLOYMENT_FAILED = "deployment.failed"
     LOAD_STATUS = "deployment.load_status"
+    EVENT_ACCEPTED = "event.accepted"
     EVENT_REJECTED = "event.rejected"
 
     @property
@@ -86,7 +103,7 @@ class TemplateVersionPublished(ModelTemplateVersion):
 
 class TemplateVersionDeleted(_Data):
     template: DnsLabel
-    version: int = Field(ge=1)
+    version: int = Field(strict=True, ge=1, le=VERSION_MAX)  # strict: `true`, "1" and 1.0 are not version 1
 
     @field_validator("template")
     @classmethod
@@ -98,14 +115,34 @@ class TemplateVersionDeleted(_Data):
         return self.template
 
 
+_KEEP_HOT_SCHEMA = {"type": "string", "minLength": 2, "maxLength": 32, "pattern": DURATION_RE.pattern}
+
+
 class DeploymentOverrides(_Data):
     """What a deployment may change of the template's scaling; nothing else reaches the pod."""
 
     min_replicas: int | None = Field(default=None, ge=0, le=100)
     max_replicas: int | None = Field(default=None, ge=1, le=100)
     target_concurrency: int | None = Field(default=None, ge=1, le=10_000)
-    keep_hot: Annotated[str, StringConstraints(pattern=DURATION_RE.pattern, min_length=2)] | None = None
+    # checked by `_keep_hot` (a sentence, not the pattern, when it is wrong); the pattern documents it in the schema
+    keep_hot: Annotated[str, StringConstraints(min_length=2, max_length=32), WithJsonSchema(_KEEP_HOT_SCHEMA)] | None = None
     priority: int | None = Field(default=None, ge=0, le=10)
+
+    @field_validator("keep_hot")
+    @classmethod
+    def _keep_hot(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                Scaling(keep_hot=value)  # the template's own rule: a duration such as 30m, at most 1h
+            except ValidationError as exc:
+                raise ValueError(errors_from(exc)[0][1]) from None
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DeploymentOverrides:
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
 
     @property
     def is_empty(self) -> bool:
@@ -144,8 +181,14 @@ class _DeploymentRef(_Data):
 class DeploymentRequested(_DeploymentRef):
     """One-click deploy: a template at a version (or its latest, following new versions)."""
 
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, strict=True, ge=1, le=VERSION_MAX)
     overrides: DeploymentOverrides = Field(default_factory=DeploymentOverrides)
+
+    @model_validator(mode="after")
+    def _service_name(self) -> DeploymentRequested:
+        # it names the InferenceService; deleting, stopping or resuming one still takes any name it was given before
+        check_service_name(self.deployment_name, "name" if self.name else "name (the template's: no name given)")
+        return self
 
 
 class DeploymentDeleted(_DeploymentRef):
@@ -179,7 +222,8 @@ class _DeploymentStatus(_Data):
 
 
 class DeploymentApplied(_DeploymentStatus):
-    action: Literal["created", "updated", "unchanged", "deleted", "stopped", "resumed"]
+    # kept: a live object without desired state, left alone until a deployment.deleted names it
+    action: Literal["created", "updated", "unchanged", "deleted", "stopped", "resumed", "kept"]
     scale_to_zero: bool = True
     note: str | None = None  # e.g. why a multi-node service cannot scale to zero
 
@@ -195,6 +239,16 @@ class DeploymentFailed(_DeploymentStatus):
 class DeploymentLoadStatus(_DeploymentStatus):
     status: LoadStatus
     reason: str | None = None
+
+
+class EventAccepted(_Data):
+    """The controller applied an inbound event (acknowledged it): the answer `--wait` follows."""
+
+    original_id: str
+    original_type: str
+    subject: str
+    stream_sequence: int
+    note: str | None = None  # e.g. "unchanged": the state already said so
 
 
 class EventRejected(_Data):
@@ -216,6 +270,7 @@ DATA_MODELS: dict[EventKind, type[BaseModel]] = {
     EventKind.DEPLOYMENT_READY: DeploymentReady,
     EventKind.DEPLOYMENT_FAILED: DeploymentFailed,
     EventKind.LOAD_STATUS: DeploymentLoadStatus,
+    EventKind.EVENT_ACCEPTED: EventAccepted,
     EventKind.EVENT_REJECTED: EventRejected,
 }
 
@@ -247,8 +302,54 @@ def status_filter(root: str = SUBJECT_ROOT) -> str:
     return f"{root}.status.>"
 
 
-def stream_subjects(root: str = SUBJECT_ROOT) -> list[str]:
-    return [f"{root}.templates.>", f"{root}.status.>", f"{root}.deadletter.>"]
+def deadletter_filter(root: str = SUBJECT_ROOT) -> str:
+    return f"{root}.deadletter.>"
+
+
+# ------------------------------------------------------------------- streams
+
+
+class StreamRole(enum.StrEnum):
+    """What a stream holds; each role is one stream with its own limits."""
+
+    DESIRED = "desired"  # inbound events: the desired state, kept until deleted on purpose
+    STATUS = "status"  # outbound status events
+    DEADLETTER = "deadletter"  # event.rejected
+
+    @property
+    def suffix(self) -> str:
+        return "" if self is StreamRole.DESIRED else f"_{self.name}"
+
+
+def stream_name(role: StreamRole, base: str = STREAM_NAME) -> str:
+    """`STOKEHOLD`, `STOKEHOLD_STATUS`, `STOKEHOLD_DEADLETTER` (or the same suffixes on another base name)."""
+    return base + role.suffix
+
+
+def role_of(kind: EventKind) -> StreamRole:
+    if kind.inbound:
+        return StreamRole.DESIRED
+    return StreamRole.DEADLETTER if kind is EventKind.EVENT_REJECTED else StreamRole.STATUS
+
+
+def stream_for(kind: EventKind, base: str = STREAM_NAME) -> str:
+    """The stream that must store an event of this kind (a publisher checks its acknowledgement against it)."""
+    return stream_name(role_of(kind), base)
+
+
+def stream_subjects(role: StreamRole, root: str = SUBJECT_ROOT) -> list[str]:
+    """The subjects one stream binds."""
+    if role is StreamRole.DESIRED:
+        return [inbound_filter(root)]
+    return [status_filter(root) if role is StreamRole.STATUS else deadletter_filter(root)]
+
+
+def role_of_subject(subject: str, root: str = SUBJECT_ROOT) -> StreamRole | None:
+    """The stream role whose subjects cover `subject` (a subject or a filter such as `root.status.>`); None if none does."""
+    parts = subject.split(".")
+    if len(parts) < 2 or parts[0] != root:
+        return None
+    return {"templates": StreamRole.DESIRED, "status": StreamRole.STATUS, "deadletter": StreamRole.DEADLETTER}.get(parts[1])
 
 
 def template_of_subject(subject: str, root: str = SUBJECT_ROOT) -> str | None:
@@ -257,20 +358,3 @@ def template_of_subject(subject: str, root: str = SUBJECT_ROOT) -> str | None:
     if len(parts) >= 4 and parts[0] == root and parts[1] in {"templates", "status"}:
         return parts[2]
     return None
-
-
-class InboundEnvelope(_Data):
-    """What the controller needs of a decoded inbound CloudEvent."""
-
-    id: str
-    kind: EventKind
-    source: str
-    subject: str
-    data: Any
-    content_hash: str | None = None
-
-    @model_validator(mode="after")
-    def _inbound(self) -> InboundEnvelope:
-        if not self.kind.inbound:
-            raise ValueError(f"{self.kind.ce_type} is not an inbound event type")
-        return self

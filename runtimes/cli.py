@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from runtimes.tiny_model import DEFAULT_SEED
+from templates.tables import print_table
 
 app = typer.Typer(help="Build and inspect models for the runtime.", no_args_is_help=True, add_completion=False)
 serve_app = typer.Typer(
@@ -30,11 +31,9 @@ def build_tiny(
     from runtimes.tiny_model import build_tiny_model, describe, file_hashes
 
     out = build_tiny_model(directory, seed=seed)
-    table = Table("file", "sha256", title=f"tiny model in {out} (seed {seed})", title_justify="left")
-    for name, digest in file_hashes(out).items():
-        table.add_row(name, digest[:16])
-    console.print(table)
-    console.print(describe(out))
+    rows = [[name, digest[:16]] for name, digest in file_hashes(out).items()]
+    print_table(console, ["FILE", "SHA256"], rows, title=f"tiny model in {out} (seed {seed})")
+    _print_facts(describe(out))
 
 
 @app.command("describe")
@@ -43,10 +42,18 @@ def describe_model(directory: Path = typer.Argument(..., exists=True, file_okay=
     from runtimes.tiny_model import describe
 
     try:
-        console.print(describe(directory))
+        facts = describe(directory)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]cannot read {directory / 'config.json'}:[/red] {exc}")
+        typer.echo(f"error: cannot read {directory / 'config.json'}: {exc}", err=True)
         raise typer.Exit(1) from None
+    _print_facts(facts)
+
+
+def _print_facts(facts: dict[str, Any]) -> None:
+    """One "key: value" line each, not a Python repr."""
+    for key, value in facts.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else "-" if value is None else str(value)
+        typer.echo(f"{key}: {shown}")
 
 
 def _launch(role: str, ctx: typer.Context) -> None:

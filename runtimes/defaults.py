@@ -84,22 +84,31 @@ class RequestDefaults:
     def applies_to(self, path: str) -> bool:
         return (bool(self.stop) or self.max_tokens is not None) and path in DEFAULTED_ROUTES
 
-    def rewrite(self, body: bytes) -> bytes | None:
-        """The body with the defaults filled in, or None to send it unchanged (also when it is not JSON:
-        vLLM then answers with its own 400)."""
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            return None
+    def fill(self, document: Any) -> dict[str, Any] | None:
+        """A copy of a request document with the defaults it leaves out, or None when nothing changes
+        (also when it is not a JSON object: vLLM then answers with its own 400)."""
         if not isinstance(document, dict):
             return None
-        changed = False
+        added: dict[str, Any] = {}
         if self.stop and document.get("stop") is None:
-            document["stop"] = list(self.stop)
-            changed = True
+            added["stop"] = list(self.stop)
         if self.max_tokens is not None and document.get("max_tokens") is None and document.get("max_completion_tokens") is None:
-            document["max_tokens"] = self.max_tokens
-            changed = True
-        if not changed:
-            return None
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            added["max_tokens"] = self.max_tokens
+        return {**document, **added} if added else None
+
+    def rewrite(self, body: bytes) -> bytes | None:
+        """The body with the defaults filled in, or None to send it unchanged."""
+        filled = self.fill(parse_json(body))
+        return None if filled is None else encode_json(filled)
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document in a request body, or None when it is not JSON (vLLM answers those with its own 400)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def encode_json(document: Any) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -6,16 +6,20 @@ launcher parses the same arguments, so this module is the one place the mapping 
 
 from __future__ import annotations
 
-import functools
 import json
+from typing import Any
 
-from templates.schema import VersionSpec
+from templates.schema import SecretRef, VersionSpec
 
 MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts the model
 ENV_GENERATION_DEFAULTS = "STOKEHOLD_GENERATION_DEFAULTS"
 ENV_MAX_CONCURRENCY = "STOKEHOLD_MAX_CONCURRENCY"
 ENV_TASK = "STOKEHOLD_TASK"
 ENV_API_KEY = "STOKEHOLD_API_KEY"
+ENV_API_KEY_FILE = "STOKEHOLD_API_KEY_FILE"
+API_KEY_VOLUME = "stokehold-api-key"
+API_KEY_DIR = "/var/run/secrets/stokehold/api-key"
+API_KEY_FILE_NAME = "api-key"
 CONCURRENCY_HEADROOM = 4  # requests a replica queues before answering 429, per unit of scale target
 
 
@@ -52,6 +56,7 @@ def engine_cli_args(spec: VersionSpec, served_model_name: str) -> list[str]:
         args.append("--trust-remote-code")
     if engine.enable_prefix_caching is not None:
         args.append("--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching")
+    args += openai_surface_args(spec)
     for key, value in sorted(engine.vllm_args.items()):
         if value is True:
             args.append(_flag(key))
@@ -62,6 +67,23 @@ def engine_cli_args(spec: VersionSpec, served_model_name: str) -> list[str]:
     return args
 
 
+def openai_surface_args(spec: VersionSpec) -> list[str]:
+    """vLLM flags for tool calling, reasoning and structured outputs (vllm 0.32's flag names)."""
+    args = []
+    if spec.tools is not None:
+        args.append(f"--tool-call-parser={spec.tools.parser}")
+        if spec.tools.auto_tool_choice:
+            args.append("--enable-auto-tool-choice")
+        if spec.tools.strict_level != "auto":
+            args.append(f"--tool-strict-level={spec.tools.strict_level}")
+    if spec.reasoning is not None:
+        args.append(f"--reasoning-parser={spec.reasoning.parser}")
+    if spec.structured_outputs is not None:
+        config = json.dumps(spec.structured_outputs.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        args.append(f"--structured-outputs-config={config}")
+    return args
+
+
 def runtime_env(spec: VersionSpec) -> dict[str, str]:
     """Non-secret environment for the runtime container."""
     env = {
@@ -69,11 +91,22 @@ def runtime_env(spec: VersionSpec) -> dict[str, str]:
         ENV_MAX_CONCURRENCY: str(spec.scaling.target_concurrency * CONCURRENCY_HEADROOM),
     }
     if spec.task == "generate":
-        env[ENV_GENERATION_DEFAULTS] = _generation_defaults_json(spec.generation.model_dump_json(exclude_none=True))
+        # canonical JSON (sorted keys, compact): the rendered object and its content hash must not depend on field order
+        defaults = spec.generation.model_dump(mode="json", exclude_none=True)
+        env[ENV_GENERATION_DEFAULTS] = json.dumps(defaults, sort_keys=True, separators=(",", ":"))
     return env
 
 
-@functools.lru_cache(maxsize=1024)  # templates share a few sets of defaults; every render needs them
-def _generation_defaults_json(document: str) -> str:
-    """Canonical JSON (sorted keys, compact) of the generation defaults, for the runtime's environment."""
-    return json.dumps(json.loads(document), sort_keys=True, separators=(",", ":"))
+def api_key_mount(secret: SecretRef) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The pod volume, container mount and environment variable that give the runtime a Secret's API key file.
+
+    The whole directory is mounted (no subPath), so the kubelet updates the file in place when the
+    Secret changes and the runtime, which re-reads it on change, rotates without a restart.
+    """
+    volume = {
+        "name": API_KEY_VOLUME,
+        "secret": {"secretName": secret.name, "items": [{"key": secret.key, "path": API_KEY_FILE_NAME}], "defaultMode": 0o444},
+    }
+    mount = {"name": API_KEY_VOLUME, "mountPath": API_KEY_DIR, "readOnly": True}
+    env = {"name": ENV_API_KEY_FILE, "value": f"{API_KEY_DIR}/{API_KEY_FILE_NAME}"}
+    return volume, mount, env

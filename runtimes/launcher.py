@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 
+from runtimes.api_keys import ApiKeyFileError, load_api_keys
 from runtimes.plan import ENV_GPUS, ENV_HEAD_SVC, MODEL_FLAGS, LaunchPlan, PlanError, flag_value, plan_head, resolve_model
 from runtimes.ray_cluster import RayClusterError
 from runtimes.settings import RuntimeConfigError, RuntimeSettings
@@ -112,6 +113,7 @@ def _interrupt_start(*_: object) -> None:
 def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
     started_at = _process_started_at()
     settings = RuntimeSettings.from_env(os.environ)
+    api_keys = load_api_keys(settings.api_key.get_secret_value() if settings.api_key else None, settings.api_key_file)
     resolve_model(flag_value(vllm_argv, MODEL_FLAGS), os.path.exists)  # fail fast, before vLLM is imported
     on_gpu = _on_gpu()
     plan = build_plan(vllm_argv, settings, options.executor, on_gpu)
@@ -140,7 +142,7 @@ def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
 
         from runtimes.server import serve
 
-        return uvloop.run(serve(args, settings, started_at=started_at))
+        return uvloop.run(serve(args, settings, api_keys, started_at=started_at))
 
 
 def run_worker(options: argparse.Namespace) -> int:
@@ -169,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.role == "worker":
             return run_worker(options)
         return run_head(options, rest)
-    except (PlanError, RuntimeConfigError) as exc:
+    except (PlanError, RuntimeConfigError, ApiKeyFileError) as exc:
         print(f"stokehold runtime: error: {exc}", file=sys.stderr)
         return 2
     except RayClusterError as exc:

@@ -20,8 +20,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtimes.api_keys import ApiKeys
 from runtimes.defaults import RequestDefaults
 from runtimes.gate import RuntimeGate
+from runtimes.grammar import guard_structured_outputs
 from runtimes.metrics import RuntimeMetrics
 from runtimes.readiness import ReadinessProbe, engine_probe
 from runtimes.settings import RuntimeSettings
@@ -91,11 +93,14 @@ def _uvicorn_config(app: Any, args: Namespace) -> uvicorn.Config:
     )
 
 
-async def _build(engine_client: Any, args: Namespace, settings: RuntimeSettings, metrics: RuntimeMetrics) -> tuple[FastAPI, RuntimeGate]:
+async def _build(
+    engine_client: Any, args: Namespace, settings: RuntimeSettings, api_keys: ApiKeys | None, metrics: RuntimeMetrics
+) -> tuple[FastAPI, RuntimeGate]:
     """vLLM's app and state, unchanged, behind the gate, plus /ready."""
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.app import build_app
 
+    guard_structured_outputs(engine_client)
     supported_tasks = await engine_client.get_supported_tasks()
     app = build_app(args, supported_tasks, engine_client.model_config)
     await init_app_state(engine_client, app.state, args, supported_tasks)
@@ -103,8 +108,10 @@ async def _build(engine_client: Any, args: Namespace, settings: RuntimeSettings,
         app,
         metrics=metrics,
         max_concurrency=settings.max_concurrency,
-        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        api_keys=api_keys,
         defaults=RequestDefaults.from_generation(settings.generation),
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_seconds=settings.body_timeout_seconds,
     )
     probe = ReadinessProbe(engine_probe(engine_client, settings.task), metrics=metrics, cache_seconds=settings.ready_cache_seconds)
     install_routes(app, gate, probe)
@@ -137,9 +144,9 @@ async def _serve_until_stopped(
             task.cancel()
 
 
-async def serve(args: Namespace, settings: RuntimeSettings, *, started_at: float) -> int:
+async def serve(args: Namespace, settings: RuntimeSettings, api_keys: ApiKeys | None, *, started_at: float) -> int:
     """Load the engine, serve until SIGTERM/SIGINT, drain, stop; the exit code (1: the engine died).
-    `started_at`: process start (epoch seconds)."""
+    `api_keys`: None serves without a key. `started_at`: process start (epoch seconds)."""
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.launcher import NoSignalServer, setup_server
 
@@ -147,7 +154,7 @@ async def serve(args: Namespace, settings: RuntimeSettings, *, started_at: float
     metrics = RuntimeMetrics()
     try:
         async with build_async_engine_client(args) as engine_client:
-            app, gate = await _build(engine_client, args, settings, metrics)
+            app, gate = await _build(engine_client, args, settings, api_keys, metrics)
             server = NoSignalServer(_uvicorn_config(gate, args))
             app.state.server = server  # vLLM's error handlers stop it when the engine dies
             cold_start = time.time() - started_at

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from runtimes.engine_args import ENV_API_KEY, ENV_GENERATION_DEFAULTS, ENV_MAX_CONCURRENCY, ENV_TASK
-from templates.schema import GenerationDefaults, errors_from
+from runtimes.engine_args import ENV_API_KEY, ENV_API_KEY_FILE, ENV_GENERATION_DEFAULTS, ENV_MAX_CONCURRENCY, ENV_TASK
+from templates.schema import GenerationDefaults, error_text, errors_from
 
 ENV_DRAIN_SECONDS = "STOKEHOLD_DRAIN_SECONDS"
 ENV_READY_CACHE_SECONDS = "STOKEHOLD_READY_CACHE_SECONDS"
+ENV_MAX_BODY_BYTES = "STOKEHOLD_MAX_BODY_BYTES"
+ENV_BODY_TIMEOUT_SECONDS = "STOKEHOLD_BODY_TIMEOUT_SECONDS"
 DEFAULT_DRAIN_SECONDS = 30.0
 DEFAULT_READY_CACHE_SECONDS = 5.0
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0  # for the whole body, so a client that trickles bytes is cut off too
 
 
 class RuntimeConfigError(ValueError):
@@ -32,8 +37,17 @@ class RuntimeSettings(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1, description="None: no limit")
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     api_key: SecretStr | None = None
+    api_key_file: Path | None = Field(default=None, description="a mounted Secret's file, re-read when it changes")
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
+    body_timeout_seconds: float = Field(default=DEFAULT_BODY_TIMEOUT_SECONDS, gt=0)
     drain_seconds: float = Field(default=DEFAULT_DRAIN_SECONDS, ge=0)
     ready_cache_seconds: float = Field(default=DEFAULT_READY_CACHE_SECONDS, ge=0)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> RuntimeSettings:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError(f"set {ENV_API_KEY} or {ENV_API_KEY_FILE}, not both")
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RuntimeSettings:
@@ -43,6 +57,9 @@ class RuntimeSettings(BaseModel):
             "task": ENV_TASK,
             "max_concurrency": ENV_MAX_CONCURRENCY,
             "api_key": ENV_API_KEY,
+            "api_key_file": ENV_API_KEY_FILE,
+            "max_body_bytes": ENV_MAX_BODY_BYTES,
+            "body_timeout_seconds": ENV_BODY_TIMEOUT_SECONDS,
             "drain_seconds": ENV_DRAIN_SECONDS,
             "ready_cache_seconds": ENV_READY_CACHE_SECONDS,
         }
@@ -63,8 +80,8 @@ class RuntimeSettings(BaseModel):
             problems = []
             for location, message in errors_from(exc):
                 field, _, rest = location.partition(".")
-                problems.append(f"{variables.get(field, field)}{'.' + rest if rest else ''}: {message}")
-            raise RuntimeConfigError("invalid runtime environment: " + "; ".join(problems)) from None
+                problems.append((f"{variables.get(field, field)}{'.' + rest if rest else ''}", message))
+            raise RuntimeConfigError(f"invalid runtime environment: {error_text(problems)}") from None
         if settings.task == "embed" and settings.generation != GenerationDefaults():
             raise RuntimeConfigError(f"{ENV_GENERATION_DEFAULTS} does not apply to an embedding model ({ENV_TASK}=embed)")
         return settings

@@ -24,12 +24,33 @@ TOKENIZER_VOCAB = 512
 BOS, EOS, PAD = "<|begin|>", "<|end|>", "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 SPECIAL_TOKENS = (PAD, BOS, EOS, *ROLE_TOKENS)
+THINK_START, THINK_END = "<think>", "</think>"
+TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+# The markers of the formats vLLM's `hermes` tool-call parser and its think-tag reasoning parsers
+# (`deepseek_r1`, `qwen3`) read: single tokens, as in the models those parsers are for, and not
+# special, so they stay in the decoded text where the parsers look for them.
+MARKUP_TOKENS = (THINK_START, THINK_END, TOOL_CALL_START, TOOL_CALL_END)
 
-# `{{ '<|' + role + '|>' }}` keeps the role markers special tokens for the three known roles.
+# `{{ '<|' + role + '|>' }}` keeps the role markers special tokens for the three known roles. With
+# `tools`, a system turn lists their signatures and asks for calls in the Hermes format, which
+# `--tool-call-parser=hermes` reads back; assistant turns replay their calls, tool results come back
+# as user turns.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|system|>\nFunctions you may call, one JSON signature a line:\n<tools>\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
+    '</tools>\nTo call one, answer <tool_call>{"name": NAME, "arguments": {...}}</tool_call>{{ eos_token }}\n'
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' }}\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% if message['role'] == 'tool' %}"
+    "<|user|>\n<tool_response>{{ message['content'] }}</tool_response>{{ eos_token }}\n"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>' }}\n{{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "<tool_call>{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}</tool_call>"
+    "{% endfor %}"
+    "{{ eos_token }}\n"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}\n{% endif %}"
 )
@@ -45,7 +66,7 @@ TRAINING_TEXT = (
 
 
 def _train_tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -57,6 +78,7 @@ def _train_tokenizer() -> Any:
         show_progress=False,
     )
     tokenizer.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in MARKUP_TOKENS])
     return tokenizer
 
 

@@ -4,22 +4,25 @@ stokehold templates list                    the built-in catalog (or --catalog D
 stokehold templates show NAME[@VERSION]     one version as YAML (or --json)
 stokehold templates validate PATH...        exit 1 with field-named errors
 stokehold templates from-hf ORG/MODEL       a new template from a Hugging Face ID
+stokehold templates fields                  the field reference (docs/template-fields.md), from the schema
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from templates.catalog import CATALOG_DIR, load_catalog, load_file, registry_of, to_yaml
-from templates.from_hf import GPU_MEMORY_GB, template_from_hf
+from templates.from_hf import GPU_MEMORY_GB, guess_parsers, template_from_hf
 from templates.registry import ImmutableVersionError, VersionRegistry
-from templates.schema import TemplateValidationError
+from templates.schema import VERSION_MAX, TemplateValidationError
+from templates.tables import print_table
 
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
@@ -30,8 +33,26 @@ CatalogDir = Annotated[Path, typer.Option("--catalog", help="catalog directory",
 
 
 def _fail(message: str) -> NoReturn:
-    error_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    error_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(1)
+
+
+_VERSION_NUMBER = re.compile(r"[0-9]{1,7}")
+
+
+def parse_ref(ref: str, *, need_version: bool = False) -> tuple[str, int | None]:
+    """NAME[@VERSION] → (name, version or None); `ValueError` with a one-line message otherwise."""
+    name, at, number = ref.partition("@")
+    shown = ref if len(ref) <= 80 else ref[:80] + "…"
+    if not name:
+        raise ValueError(f"{shown!r} names no template")
+    if not at:
+        if need_version:
+            raise ValueError(f"{shown!r} names no version: use NAME@VERSION")
+        return name, None
+    if not _VERSION_NUMBER.fullmatch(number) or not 1 <= int(number) <= VERSION_MAX:
+        raise ValueError(f"the version in {shown!r} is not a whole number from 1 to {VERSION_MAX}")
+    return name, int(number)
 
 
 def _registry(directory: Path) -> VersionRegistry:
@@ -42,18 +63,40 @@ def _registry(directory: Path) -> VersionRegistry:
 
 
 @app.command("list")
-def list_templates(catalog: CatalogDir = CATALOG_DIR) -> None:
-    """The templates of the catalog, latest version of each."""
+def list_templates(
+    catalog: CatalogDir = CATALOG_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per template and line")] = False,
+) -> None:
+    """The templates of the catalog, latest version of each (plain full-width columns when not on a terminal)."""
     registry = _registry(catalog)
-    table = Table("NAME", "VERSION", "SOURCE", "TASK", "GPUS", "REPLICAS", "KEEP HOT", title=f"catalog {catalog}", title_justify="left")
+    records, rows = [], []
     for name in registry.names():
         version = registry.latest(name)
         assert version is not None  # names() lists only templates with versions
         spec = version.spec
         gpus = f"{spec.total_gpus} x {spec.resources.gpu_type}" if spec.total_gpus and spec.resources.gpu_type else str(spec.total_gpus)
         replicas = f"{spec.scaling.min_replicas}-{spec.scaling.max_replicas}"
-        table.add_row(name, str(version.version), spec.source, spec.task, gpus, replicas, spec.scaling.keep_hot)
-    console.print(table)
+        rows.append([name, str(version.version), spec.source, spec.task, gpus, replicas, spec.scaling.keep_hot])
+        records.append(
+            {
+                "name": name,
+                "version": version.version,
+                "source": spec.source,
+                "task": spec.task,
+                "gpus": spec.total_gpus,
+                "gpu_type": spec.resources.gpu_type,
+                "min_replicas": spec.scaling.min_replicas,
+                "max_replicas": spec.scaling.max_replicas,
+                "keep_hot": spec.scaling.keep_hot,
+                "content_hash": version.content_hash,
+            }
+        )
+    if as_json:
+        for record in records:
+            typer.echo(json.dumps(record))
+        return
+    columns = ["NAME", "VERSION", "SOURCE", "TASK", "GPUS", "REPLICAS", "KEEP HOT"]
+    print_table(console, columns, rows, title=f"catalog {catalog}")
 
 
 @app.command()
@@ -63,11 +106,12 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML")] = False,
 ) -> None:
     """One template version (default: the latest) as its canonical document."""
-    name, _, number = ref.partition("@")
-    if number and (not number.isdigit() or int(number) < 1):
-        _fail(f"version {number!r} in {ref!r} is not a number from 1")
+    try:
+        name, number = parse_ref(ref)
+    except ValueError as exc:
+        _fail(str(exc))
     registry = _registry(catalog)
-    version = registry.get(name, int(number) if number else None)
+    version = registry.get(name, number)
     if version is None:
         known = ", ".join(v.ref for v in registry.versions(name)) or ", ".join(registry.names())
         _fail(f"{ref} is not in the catalog; there are: {known}")
@@ -79,9 +123,29 @@ def show(
 
 
 @app.command()
+def fields() -> None:
+    """Every template field with its type, default and rules, as Markdown (docs/template-fields.md is this output)."""
+    from templates.reference import render_reference
+
+    typer.echo(render_reference(), nl=False)
+
+
+def template_files(paths: list[Path]) -> list[Path]:
+    """The files named, with each directory (not a link to one) replaced by its *.yaml files."""
+    return [file for path in paths for file in (sorted(path.glob("*.yaml")) if path.is_dir() and not path.is_symlink() else [path])]
+
+
+def problem_line(exc: TemplateValidationError, shown: int = 5) -> str:
+    """One line for a file that is not a valid template: its name, then each field path and message."""
+    parts = [f"{location}: {message}" if location else message for location, message in exc.errors[:shown]]
+    more = len(exc.errors) - shown
+    return f"{exc.source}: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+@app.command()
 def validate(paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="YAML files or directories of them")]) -> None:
-    """Check template version files; exit status 1 with every error named by file and field."""
-    files = [file for path in paths for file in (sorted(path.glob("*.yaml")) if path.is_dir() else [path])]
+    """Check template version files: one line per file, exit status 1 if any is invalid (errors name the file and field)."""
+    files = template_files(paths)
     if not files:
         _fail("no template files found")
     failed = 0
@@ -90,12 +154,14 @@ def validate(paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help
             version = load_file(path)
         except TemplateValidationError as exc:
             failed += 1
-            for location, message in exc.errors:
-                error_console.print(f"[red]✗[/] {path}: {location or '<root>'}: {message}", soft_wrap=True, markup=True)
+            error_console.print(f"[red]✗[/] {escape(problem_line(exc))}", soft_wrap=True)
             continue
-        console.print(f"[green]✓[/] {path}: {version.ref} {version.content_hash}", soft_wrap=True)
+        console.print(f"[green]✓[/] {escape(str(path))}: {version.ref} {version.content_hash}", soft_wrap=True)
     if failed:
         _fail(f"{failed} of {len(files)} file(s) invalid")
+
+
+NO_GUESS = "no tool-call or reasoning parser guessed from the ID: add `tools`/`reasoning` if the model card names them"
 
 
 @app.command("from-hf")
@@ -112,7 +178,7 @@ def from_hf(
     task: Annotated[str, typer.Option("--task", help="generate or embed")] = "generate",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the YAML here instead of stdout")] = None,
 ) -> None:
-    """A new template version for a Hugging Face model, sized from the parameter count in its ID."""
+    """A new template version for a Hugging Face model, sized from the parameter count in its ID, parsers from its family."""
     try:
         document = template_from_hf(
             hf_id,
@@ -126,6 +192,9 @@ def from_hf(
         )
     except TemplateValidationError as exc:
         _fail(str(exc))
+    guess = guess_parsers(hf_id, task)
+    said = guess.describe() if guess else NO_GUESS
+    error_console.print(escape(said), soft_wrap=True)  # stderr: stdout stays the YAML document
     text = to_yaml(document)
     if output is None:
         typer.echo(text, nl=False)
@@ -134,4 +203,4 @@ def from_hf(
     error_console.print(f"wrote {output} ({document.ref}, {document.content_hash})", soft_wrap=True)
 
 
-__all__ = ["app"]
+__all__ = ["app", "parse_ref", "problem_line", "template_files"]

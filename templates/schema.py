@@ -7,9 +7,9 @@ document is refused with the same field-named error wherever it enters.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -22,11 +22,13 @@ from pydantic import (
     model_validator,
 )
 
-from templates.naming import DNS1123_LABEL_RE, is_dns1123_label, k8s_name
+from templates.naming import DNS1123_LABEL_RE, is_dns1123_label, k8s_name, service_name_problem
 
 API_VERSION = "stokehold.dev/v1alpha1"
 DEFAULT_KEEP_HOT = "10m"
 ALWAYS_HOT_PRIORITY = 2
+KEEP_HOT_MAX_S = 3600  # Knative's bound on autoscaling.knative.dev/scale-to-zero-pod-retention-period
+VERSION_MAX = 1_000_000  # the highest version number of a template
 
 # Kubernetes resource quantities, e.g. "4", "500m", "24Gi", "1.5".
 QUANTITY_RE = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -134,6 +136,36 @@ SWITCHES_WITHOUT_NEGATION = frozenset({"disable_log_stats"})  # vLLM has no --no
 VLLM_ARG_VALUE_MAX = 256
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
+# The OpenAI surface: the names vLLM accepts for `--tool-call-parser`, `--reasoning-parser` and the
+# structured-outputs backend, in the vLLM the runtime images ship (runtimes/Dockerfile*). vLLM's own
+# argument parser takes any name and fails only when the engine starts, and the controller has no vLLM
+# to ask: so the names are checked in here, and tests/templates/test_catalog_2026.py compares them
+# with the installed vLLM's registries (ToolParserManager, ReasoningParserManager, StructuredOutputsConfig,
+# ToolStrictLevelName).
+VLLM_VERSION = "0.32.0"
+TOOL_CALL_PARSERS = frozenset(
+    {
+        "apertus", "cohere_command3", "cohere_command4", "deepseek_v3", "deepseek_v31", "deepseek_v32", "deepseek_v4",
+        "deepseek_v41", "dots", "ernie45", "functiongemma", "gemma4", "gigachat3", "glm45", "glm47", "granite",
+        "granite-20b-fc", "granite4", "hermes", "hf", "hunyuan_a13b", "hy_v3", "hy_v4", "inkling", "internlm", "jamba",
+        "k2_horizon", "kimi_k2", "kimi_k3", "lfm2", "ling3", "llama3_json", "llama4_json", "llama4_pythonic", "longcat",
+        "mimo", "minicpm5", "minimax_m2", "minimax_m3", "mistral", "muse_glimmer", "olmo3", "openai", "phi4_mini_json",
+        "plamo3", "poolside_v1", "pythonic", "qwen3_coder", "qwen3_json", "qwen3_xml", "seed_oss", "step3", "step3p5", "xlam",
+    }
+)  # fmt: skip
+REASONING_PARSERS = frozenset(
+    {
+        "cohere_command3", "cohere_command4", "deepseek_r1", "deepseek_v3", "deepseek_v4", "deepseek_v41", "ernie45",
+        "gemma4", "glm45", "glm47", "granite", "granite_thinking_parser", "hf", "holo2", "hunyuan_a13b", "hy_v3", "hy_v4",
+        "inkling", "k2_horizon", "kimi_k2", "kimi_k3", "ling3", "mimo", "minicpmv", "minimax_m2", "minimax_m2_append_think",
+        "minimax_m3", "mistral", "muse_glimmer", "nemotron_v3", "olmo3", "openai_gptoss", "plamo3", "poolside_v1", "qwen3",
+        "seed_oss", "step3", "step3p5",
+    }
+)  # fmt: skip
+StructuredOutputsBackend = Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"]
+ToolStrictLevel = Literal["auto", "function", "parameter"]
+COMPACT_JSON_BACKENDS = frozenset({"xgrammar", "guidance"})  # the backends that can forbid whitespace in JSON
+
 DnsLabel = Annotated[str, StringConstraints(min_length=1, max_length=63)]
 
 
@@ -143,12 +175,21 @@ class TemplateValidationError(ValueError):
     def __init__(self, errors: list[tuple[str, str]], source: str = "template") -> None:
         self.errors = errors
         self.source = source
-        lines = "; ".join(f"{loc or '<root>'}: {msg}" for loc, msg in errors)
-        super().__init__(f"invalid {source}: {lines}")
+        super().__init__(f"invalid {source}: {error_text(errors)}")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+SHOWN_MAX = 64
+
+
+def shown(value: str, limit: int = SHOWN_MAX) -> str:
+    """The quoted form of a value someone gave, cut to `limit` characters first: a message echoes input, never its size."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
 
 
 def check_dns_label(value: str, what: str) -> str:
@@ -158,9 +199,17 @@ def check_dns_label(value: str, what: str) -> str:
     return value
 
 
+def check_service_name(value: str, what: str) -> str:
+    """`value` when it can name an InferenceService (templates/naming.py); otherwise a `ValueError` naming the rule."""
+    problem = service_name_problem(value)
+    if problem:
+        raise ValueError(f"{what} {shown(value)} {problem}")
+    return value
+
+
 def _dns_label_message(value: str, what: str) -> str:
     return (
-        f"{what} {value!r} is not a valid Kubernetes name (DNS-1123 label: lower-case "
+        f"{what} {shown(value)} is not a valid Kubernetes name (DNS-1123 label: lower-case "
         "letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"
     )
 
@@ -169,7 +218,7 @@ def _check_quantity(value: str | int | float | None) -> str | None:
     if value is None:
         return None
     text = str(value)
-    if len(text) > _QUANTITY_MAX or not _is_quantity(text):
+    if len(text) > _QUANTITY_MAX or QUANTITY_RE.match(text) is None:
         raise ValueError(f"{text[:_QUANTITY_MAX]!r} is not a Kubernetes quantity (e.g. '4', '500m', '24Gi')")
     return text
 
@@ -177,15 +226,6 @@ def _check_quantity(value: str | int | float | None) -> str | None:
 _QUANTITY_MAX = 64
 
 
-# Validation memoised per value: a template's versions repeat the same names, quantities, sources and
-# label keys, and these checks were a third of the cost of validating a version. Only short,
-# bounded values reach a cache.
-@functools.lru_cache(maxsize=1024)
-def _is_quantity(text: str) -> bool:
-    return QUANTITY_RE.match(text) is not None
-
-
-@functools.lru_cache(maxsize=1024)  # a handful of distinct values, asked on every render
 def duration_seconds(value: str) -> int:
     """Seconds in a duration such as '10m', '1h30m', '45s' (validated forms only)."""
     match = DURATION_RE.match(value)
@@ -222,11 +262,72 @@ def _check_vllm_arg_value(key: str, normalised: str, value: Any) -> None:
     kind = type(value)
     if kind not in allowed:
         names = " or ".join("true/false" if t is bool else t.__name__ for t in allowed)
-        raise ValueError(f"vllm_args {key!r} takes {names}, not {kind.__name__}")
+        raise ValueError(f"vllm_args {shown(key)} takes {names}, not {kind.__name__}")
     if value is False and normalised in SWITCHES_WITHOUT_NEGATION:
-        raise ValueError(f"vllm_args {key!r} can only be switched on (true); leave it out to keep it off")
+        raise ValueError(f"vllm_args {shown(key)} can only be switched on (true); leave it out to keep it off")
     if isinstance(value, str) and (len(value) > VLLM_ARG_VALUE_MAX or _CONTROL_CHARS.search(value)):
-        raise ValueError(f"vllm_args {key!r} must be at most {VLLM_ARG_VALUE_MAX} characters without control characters")
+        raise ValueError(f"vllm_args {shown(key)} must be at most {VLLM_ARG_VALUE_MAX} characters without control characters")
+    if normalised in _PARSER_ARGS:
+        check_parser(value, *_PARSER_ARGS[normalised], what=f"vllm_args {shown(key)}")
+
+
+def check_parser(value: str, known: frozenset[str], kind: str, *, what: str = "") -> str:
+    """`value` when vLLM has a `kind` parser of that name; otherwise a `ValueError` listing the names there are."""
+    if value not in known:
+        prefix = f"{what} " if what else ""
+        raise ValueError(f"{prefix}{shown(value)} is not a {kind} parser of vLLM {VLLM_VERSION}; one of {', '.join(sorted(known))}")
+    return value
+
+
+_PARSER_ARGS: Final = {"tool_call_parser": (TOOL_CALL_PARSERS, "tool-call"), "reasoning_parser": (REASONING_PARSERS, "reasoning")}
+
+
+class ToolCalling(_Strict):
+    """Function calling: vLLM's `--tool-call-parser` (how the model writes a call) and `--enable-auto-tool-choice`.
+
+    With a parser, named `tool_choice` and `tool_choice="required"` work: vLLM constrains the output to a
+    call, in the model's own format; `auto_tool_choice` also lets the model decide (`tool_choice="auto"`).
+    `strict_level` is vLLM's `--tool-strict-level`: at "auto" a call's arguments follow the function's
+    parameters when the request marks the function `strict` (as OpenAI does); "parameter" pins them for
+    every request, "function" only the function name.
+    """
+
+    parser: str
+    auto_tool_choice: bool = True
+    strict_level: ToolStrictLevel = "auto"
+
+    @field_validator("parser")
+    @classmethod
+    def _parser(cls, v: str) -> str:
+        return check_parser(v, TOOL_CALL_PARSERS, "tool-call")
+
+
+class Reasoning(_Strict):
+    """vLLM's `--reasoning-parser`: the model's thinking comes back as `reasoning`, apart from `content`."""
+
+    parser: str
+
+    @field_validator("parser")
+    @classmethod
+    def _parser(cls, v: str) -> str:
+        return check_parser(v, REASONING_PARSERS, "reasoning")
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's `--structured-outputs-config`: the grammar engine behind `response_format` and tool arguments.
+
+    `disable_any_whitespace` keeps JSON compact: without it a weak model may fill `max_tokens` with the
+    whitespace JSON allows between tokens.
+    """
+
+    backend: StructuredOutputsBackend = "auto"
+    disable_any_whitespace: bool = False
+
+    @model_validator(mode="after")
+    def _whitespace(self) -> StructuredOutputs:
+        if self.disable_any_whitespace and self.backend not in COMPACT_JSON_BACKENDS:
+            raise ValueError(f"disable_any_whitespace needs backend {' or '.join(sorted(COMPACT_JSON_BACKENDS))}, not {self.backend!r}")
+        return self
 
 
 class EngineSettings(_Strict):
@@ -251,13 +352,15 @@ class EngineSettings(_Strict):
         for key, value in v.items():
             normalised = key.replace("-", "_")
             if not VLLM_ARG_KEY_RE.fullmatch(normalised):
-                raise ValueError(f"vllm_args key {key!r} must be a flag name like 'max_num_batched_tokens'")
+                raise ValueError(f"vllm_args key {shown(key)} must be a flag name like 'max_num_batched_tokens'")
             if normalised in RESERVED_VLLM_ARGS:
-                raise ValueError(f"vllm_args key {key!r} is reserved: set it through its own field or leave it to the runtime")
+                raise ValueError(f"vllm_args key {shown(key)} is reserved: set it through its own field or leave it to the runtime")
             if normalised not in ALLOWED_VLLM_ARGS:
-                raise ValueError(f"vllm_args key {key!r} is not an allowed vLLM tuning flag (see ALLOWED_VLLM_ARGS in templates/schema.py)")
+                raise ValueError(
+                    f"vllm_args key {shown(key)} is not an allowed vLLM tuning flag (see ALLOWED_VLLM_ARGS in templates/schema.py)"
+                )
             if normalised in seen:
-                raise ValueError(f"vllm_args key {key!r} is given twice (with '-' and '_')")
+                raise ValueError(f"vllm_args key {shown(key)} is given twice (with '-' and '_')")
             seen.add(normalised)
             _check_vllm_arg_value(key, normalised, value)
         return dict(sorted(v.items()))  # canonical order: the content hash hashes the JSON dump
@@ -296,9 +399,20 @@ class Resources(_Strict):
     """Resources of one pod (one node of a multi-node service)."""
 
     gpus: int = Field(default=0, ge=0, le=16)
-    gpu_type: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$", max_length=63)] | None = None
+    gpu_type: Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$", max_length=63)] | None = None
     cpu: str = "4"
     memory: str = "16Gi"
+
+    @field_validator("gpu_type", mode="before")
+    @classmethod
+    def _gpu_type(cls, v: Any) -> Any:
+        # it becomes a nodeSelector value (config.gpu_products maps known types, others go verbatim)
+        if isinstance(v, str) and (not v or len(v) > 63 or not LABEL_VALUE_RE.match(v)):
+            raise ValueError(
+                f"gpu_type {shown(v)} is not a Kubernetes label value (it selects GPU nodes by label): letters, digits, "
+                "'-', '_' and '.', starting and ending with a letter or digit, at most 63 characters"
+            )
+        return v
 
     @field_validator("cpu", "memory", mode="before")
     @classmethod
@@ -330,8 +444,12 @@ class Scaling(_Strict):
     @field_validator("keep_hot")
     @classmethod
     def _keep_hot(cls, v: str) -> str:
-        if duration_seconds(v) > 24 * 3600:
-            raise ValueError("keep_hot may be at most 24h")
+        if duration_seconds(v) > KEEP_HOT_MAX_S:
+            raise ValueError(
+                f"keep_hot {shown(v)} is longer than 1h, the most Knative allows for "
+                "autoscaling.knative.dev/scale-to-zero-pod-retention-period (it would refuse the service); "
+                f"to keep a model hot longer, set min_replicas >= 1 or priority >= {ALWAYS_HOT_PRIORITY}"
+            )
         return v
 
     @model_validator(mode="after")
@@ -359,6 +477,22 @@ class Storage(_Strict):
         return None if v is None else check_dns_label(v, "cache_pvc")
 
 
+class ApiKeySecretRef(SecretRef):
+    """The Secret key that holds the endpoint's API key(s), one per line (see runtimes/README.md)."""
+
+    key: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)] = "api-key"
+
+
+class Serving(_Strict):
+    """How the endpoint is served. Without `api_key_secret` the endpoint accepts requests without a key."""
+
+    api_key_secret: ApiKeySecretRef | None = None
+
+
+# vllm_args flags that a field of the spec also sets: a version may say each only once
+_OWNED_FLAGS: Final = (("tool_call_parser", "tools"), ("enable_auto_tool_choice", "tools"), ("reasoning_parser", "reasoning"))
+
+
 def source_scheme(source: str) -> str:
     """'hf', 's3', 'gs', 'pvc', 'oci' or 'local' for a validated model source."""
     if "://" in source:
@@ -366,7 +500,6 @@ def source_scheme(source: str) -> str:
     return "local"
 
 
-@functools.lru_cache(maxsize=1024)
 def _source_problem(source: str) -> str | None:
     if _WHITESPACE_OR_NUL.search(source):
         return "source may not contain whitespace"
@@ -400,15 +533,26 @@ class VersionSpec(_Strict):
     model_size_gb: float | None = Field(default=None, gt=0, le=4096)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    # the OpenAI surface beyond chat (task "generate" only); like `serving`, left out of documents and the hash while unset
+    tools: ToolCalling | None = Field(default=None, exclude_if=lambda v: v is None)
+    reasoning: Reasoning | None = Field(default=None, exclude_if=lambda v: v is None)
+    structured_outputs: StructuredOutputs | None = Field(default=None, exclude_if=lambda v: v is None)
     resources: Resources = Field(default_factory=Resources)
     parallelism: Parallelism = Field(default_factory=Parallelism)
     scaling: Scaling = Field(default_factory=Scaling)
     storage: Storage = Field(default_factory=Storage)
+    # left out of documents and the content hash while unset, so versions published before it existed keep their hash
+    serving: Serving | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @field_validator("serving")
+    @classmethod
+    def _serving(cls, v: Serving | None) -> Serving | None:
+        return None if v == Serving() else v  # `serving: {}` is the same version as none, with the same hash
 
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        problem = _source_problem(v)  # v is at most 1024 characters here
+        problem = _source_problem(v)
         if problem:
             raise ValueError(problem)
         return v
@@ -430,7 +574,28 @@ class VersionSpec(_Strict):
             raise ValueError("multi-node serving (parallelism.nodes > 1) needs a pvc:// or oci:// source (KServe multi-node)")
         if self.task == "embed" and (self.generation.chat_template or self.generation.prompt_format or self.generation.stop):
             raise ValueError("generation defaults do not apply to an embedding template (task = 'embed')")
+        self._openai_surface()
         return self
+
+    def _openai_surface(self) -> None:
+        given = [name for name in ("tools", "reasoning", "structured_outputs") if getattr(self, name) is not None]
+        if self.task == "embed" and given:
+            raise ValueError(f"{', '.join(given)} apply to generation, not to an embedding template (task = 'embed')")
+        if self.tools is not None and self.generation.prompt_format:
+            raise ValueError(
+                "tools and generation.prompt_format do not go together: a prompt format shows the model one instruction, "
+                "never the tools; keep the model's chat template or give a chat_template that renders `tools`"
+            )
+        if self.reasoning is not None and self.generation.stop:
+            # vLLM 0.32 holds back streamed text that may begin a stop sequence, while the reasoning parser
+            # splits on token ids: a stream would carry reasoning as content (tests/runtime/test_reasoning_vllm.py)
+            raise ValueError(
+                "generation.stop and reasoning do not go together: with stop sequences vLLM streams reasoning as content; "
+                "leave stop out (the chat template's end-of-turn token ends a reply)"
+            )
+        for flag, field in _OWNED_FLAGS:
+            if getattr(self, field) is not None and {flag, flag.replace("_", "-")} & set(self.engine.vllm_args):
+                raise ValueError(f"vllm_args {flag!r} and {field} both set --{flag.replace('_', '-')}: keep only {field}")
 
     @property
     def source_scheme(self) -> str:
@@ -449,7 +614,7 @@ class ModelTemplate(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return check_dns_label(v, "template name")
+        return check_service_name(v, "template name")  # by default its deployments' InferenceService name
 
     @field_validator("labels")
     @classmethod
@@ -459,14 +624,13 @@ class ModelTemplate(_Strict):
             if problem:
                 raise ValueError(f"label key {key[:_LABEL_KEY_MAX]!r} {problem}")
             if not LABEL_VALUE_RE.match(value):
-                raise ValueError(f"label value {value!r} for {key!r} is not a valid Kubernetes label value")
+                raise ValueError(f"label value {shown(value)} for {shown(key)} is not a valid Kubernetes label value")
         return dict(sorted(v.items()))  # canonical order: the content hash hashes the JSON dump
 
 
 _LABEL_KEY_MAX = 253 + 1 + 63  # prefix / name
 
 
-@functools.lru_cache(maxsize=1024)
 def _label_key_problem(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
     if prefix and (len(prefix) > 253 or not all(DNS1123_LABEL_RE.fullmatch(p) for p in prefix.split("."))):
@@ -484,7 +648,7 @@ class ModelTemplateVersion(_Strict):
     api_version: Literal["stokehold.dev/v1alpha1"] = Field(default="stokehold.dev/v1alpha1", alias="apiVersion")
     kind: Literal["ModelTemplateVersion"] = "ModelTemplateVersion"
     template: ModelTemplate
-    version: int = Field(ge=1, le=1_000_000)
+    version: int = Field(strict=True, ge=1, le=VERSION_MAX)  # strict: `true`, "1" and 1.0 are not version 1
     spec: VersionSpec
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=True)
@@ -503,42 +667,40 @@ class ModelTemplateVersion(_Strict):
 
     @property
     def content_hash(self) -> str:
-        # cached in the instance dict by hand: functools.cached_property takes a lock on every
-        # first access (Python 3.11), a noticeable share of decoding a version event
-        known = self.known_content_hash
-        if known is None:
-            known = self.__dict__[_HASH_CACHE_KEY] = content_hash(self)
-        return known
-
-    @property
-    def known_content_hash(self) -> str | None:
-        """The content hash if something already computed it, without computing it."""
-        known = self.__dict__.get(_HASH_CACHE_KEY)
-        return known if isinstance(known, str) else None
+        return content_hash(self)
 
     def to_document(self) -> dict[str, Any]:
         """The canonical YAML/JSON document (what catalog files and events carry)."""
         return self.model_dump(mode="json", by_alias=True, exclude_defaults=False)
 
 
-def content_hash(version: ModelTemplateVersion) -> str:
-    """sha256 over the canonical JSON of template metadata, version number and spec.
+def canonical_json(version: ModelTemplateVersion) -> bytes:
+    """The compact JSON of template metadata, version number and spec: what the content hash hashes.
 
-    pydantic dumps fields in declaration order and the only free-order mappings
-    (labels, vllm_args) are sorted on validation, so the compact dump is canonical
-    (and five times cheaper than re-sorting a generic dump).
+    pydantic dumps fields in declaration order and the only free-order mappings (labels,
+    vllm_args) are sorted on validation, so the compact dump is canonical. It is also a
+    complete document: `ModelTemplateVersion.model_validate_json` reads it back.
     """
-    canonical = type(version).__pydantic_serializer__.to_json(version, include=_HASHED_FIELDS)
-    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+    return type(version).__pydantic_serializer__.to_json(version, include=_HASHED_FIELDS)
+
+
+def content_hash(version: ModelTemplateVersion) -> str:
+    """sha256 over `canonical_json(version)`."""
+    return "sha256:" + hashlib.sha256(canonical_json(version)).hexdigest()
 
 
 _HASHED_FIELDS: Final = {"template", "version", "spec"}
-_HASH_CACHE_KEY: Final = "content_hash"
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    # an empty or dotted key would make the path ambiguous: quote it
-    return ".".join(repr(part) if isinstance(part, str) and (not part or "." in part) else str(part) for part in loc)
+_SHOWN_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def _location(loc: tuple[int | str, ...], *, unknown_key: bool = False) -> str:
+    parts = [repr(part) if isinstance(part, str) and (not part or "." in part) else str(part) for part in loc]
+    if unknown_key and loc and not (isinstance(loc[-1], str) and _SHOWN_KEY.fullmatch(loc[-1])):
+        # a key no schema has may be a line of some other file read as YAML (a password hash): never echo it
+        parts[-1] = "<unknown key>"
+    return ".".join(parts)  # an empty or dotted key would make the path ambiguous: quoted above
 
 
 def errors_from(exc: ValidationError) -> list[tuple[str, str]]:
@@ -548,8 +710,14 @@ def errors_from(exc: ValidationError) -> list[tuple[str, str]]:
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        out.append((_location(err["loc"]), msg))
+        out.append((_location(err["loc"], unknown_key=err["type"] == "extra_forbidden"), msg))
     return out
+
+
+def error_text(errors: ValidationError | Iterable[tuple[str, str]]) -> str:
+    """The text "field: message; …" of a pydantic error or of (field path, message) pairs; '<root>' is the whole document."""
+    pairs = errors_from(errors) if isinstance(errors, ValidationError) else errors
+    return "; ".join(f"{location or '<root>'}: {message}" for location, message in pairs)
 
 
 def parse_version(document: Any, source: str = "template") -> ModelTemplateVersion:
@@ -567,20 +735,31 @@ def parse_version(document: Any, source: str = "template") -> ModelTemplateVersi
 __all__ = [
     "ALWAYS_HOT_PRIORITY",
     "API_VERSION",
+    "REASONING_PARSERS",
+    "TOOL_CALL_PARSERS",
+    "VERSION_MAX",
+    "VLLM_VERSION",
+    "ApiKeySecretRef",
     "EngineSettings",
     "GenerationDefaults",
     "ModelTemplate",
     "ModelTemplateVersion",
     "Parallelism",
+    "Reasoning",
     "Resources",
     "SamplingDefaults",
     "Scaling",
     "SecretRef",
+    "Serving",
     "Storage",
+    "StructuredOutputs",
     "TemplateValidationError",
+    "ToolCalling",
     "VersionSpec",
+    "canonical_json",
     "content_hash",
     "duration_seconds",
+    "error_text",
     "errors_from",
     "k8s_name",
     "parse_version",

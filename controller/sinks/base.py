@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Protocol
+from typing import Protocol
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY_VALUE = "stokehold"
-TEMPLATE_LABEL = "stokehold.dev/template"
-VERSION_LABEL = "stokehold.dev/version"
-HASH_ANNOTATION = "stokehold.dev/content-hash"
-SOURCE_EVENT_ANNOTATION = "stokehold.dev/source-event-id"
-STOP_ANNOTATION = "serving.kserve.io/stop"
-
-Object = dict[str, Any]
+from controller.labels import Object
 
 
 class ApplyAction(enum.StrEnum):
@@ -62,14 +54,3 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def is_managed(obj: Object) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE)
-
-
-def content_hash_of(obj: Object) -> str | None:
-    annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(HASH_ANNOTATION)
-    return str(value) if value is not None else None

@@ -45,18 +45,8 @@ import urllib3
 from kubernetes.client import ApiClient, CustomObjectsApi, V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
-from controller.sinks.base import (
-    MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE,
-    ApplyAction,
-    NotManagedError,
-    Object,
-    PermanentSinkError,
-    SinkError,
-    TransientSinkError,
-    content_hash_of,
-    is_managed,
-)
+from controller.labels import MANAGED_BY_LABEL, MANAGED_BY_VALUE, Object, content_hash_of, is_managed
+from controller.sinks.base import ApplyAction, NotManagedError, PermanentSinkError, SinkError, TransientSinkError
 
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"
@@ -64,6 +54,8 @@ PLURAL = "inferenceservices"
 APPLIED_KEYS_ANNOTATION = "stokehold.dev/applied-keys"
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 LIST_PAGE_SIZE = 500
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+MODE_OF_NAME = {"Knative": "Knative", "Serverless": "Knative", "Standard": "Standard", "RawDeployment": "Standard"}
 # Retrying these cannot help: the request itself is wrong or not allowed.
 PERMANENT_STATUSES = frozenset({400, 403, 405, 406, 413, 415, 422})
 
@@ -113,6 +105,12 @@ def merge_for_replace(live: Object, desired: Object) -> Object:
     metadata = {key: value for key, value in live_meta.items() if key not in ("labels", "annotations", "managedFields")}
     metadata["labels"] = merged("labels", old_labels)
     metadata["annotations"] = merged("annotations", old_annotations | {APPLIED_KEYS_ANNOTATION})
+    # KServe 0.16.0 refuses an update whose deploymentMode annotation is not the name it recorded in status, even
+    # the other name of the same mode (Serverless/Knative, RawDeployment/Standard, e.g. after an upgrade): keep its name
+    recorded = str((live.get("status") or {}).get("deploymentMode") or "")
+    rendered = metadata["annotations"].get(DEPLOYMENT_MODE_ANNOTATION)
+    if rendered and recorded != rendered and MODE_OF_NAME.get(recorded) == MODE_OF_NAME.get(rendered):
+        metadata["annotations"][DEPLOYMENT_MODE_ANNOTATION] = recorded
     result: Object = {key: value for key, value in ours.items() if key not in ("metadata", "status")}
     result["metadata"] = metadata
     if "status" in live:

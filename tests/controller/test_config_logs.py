@@ -34,23 +34,24 @@ def test_flags_win_over_environment_and_nested_fields_merge(monkeypatch: pytest.
 
 def test_invalid_configuration_is_refused_with_the_field(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="the dir sink needs --dir"):
-        build_config({"sink": "dir"})
+        build_config({"sink": "dir", "namespaces": ["llm"]})
     with pytest.raises(ValidationError, match="floor_s"):
-        build_config({"sink": "dir", "dir": tmp_path, "render.cold_start.floor_s": 4000, "render.cold_start.cap_s": 3000})
+        cold_start = {"render.cold_start.floor_s": 4000, "render.cold_start.cap_s": 3000}
+        build_config({"sink": "dir", "dir": tmp_path, "namespaces": ["llm"], **cold_start})
     with pytest.raises(ValidationError, match=r"namespaces \['kube-system'\] are reserved"):
         build_config({"sink": "dir", "dir": tmp_path, "namespaces": ["llm", "kube-system"]})
 
 
 def test_retry_delay_doubles_up_to_the_cap(tmp_path: Path) -> None:
-    config = build_config({"sink": "dir", "dir": tmp_path, "retry_backoff_s": 0.5, "retry_backoff_max_s": 3})
+    config = build_config({"sink": "dir", "dir": tmp_path, "namespaces": ["llm"], "retry_backoff_s": 0.5, "retry_backoff_max_s": 3})
     assert [config.retry_delay(n) for n in (1, 2, 3, 4, 10)] == [0.5, 1.0, 2.0, 3.0, 3.0]
 
 
 def test_cli_reports_bad_configuration_without_a_traceback() -> None:
-    result = CliRunner().invoke(app, ["run", "--sink", "dir"])
+    result = CliRunner().invoke(app, ["run", "--sink", "dir", "--namespace", "llm"])
     assert result.exit_code == 2
     assert "the dir sink needs --dir" in result.output
-    result = CliRunner().invoke(app, ["run", "--sink", "dir", "--dir", "/tmp/x", "--gpu-product", "nonsense"])
+    result = CliRunner().invoke(app, ["run", "--sink", "dir", "--dir", "/tmp/x", "--namespace", "llm", "--gpu-product", "nonsense"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
     assert "--nats-url" in CliRunner().invoke(app, ["run", "--help"]).output
 

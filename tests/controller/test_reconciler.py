@@ -9,9 +9,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from controller.config import RenderConfig
+from controller.labels import Object
 from controller.reconciler import Reconciler
-from controller.sinks.base import ApplyAction, Object, TransientSinkError
+from controller.render_config import RenderConfig
+from controller.sinks.base import ApplyAction, TransientSinkError
 from controller.sinks.dir import DirSink
 from controller.state import DesiredState, InboundEvent
 from events.types import (
@@ -68,7 +69,7 @@ class CountingSink(DirSink):
 
 class Harness:
     def __init__(self, root: Path) -> None:
-        self.state = DesiredState()
+        self.state = DesiredState(allowed_namespaces=frozenset({"default", "llm"}))
         self.sink = CountingSink(root)
         self.recorder = Recorder()
         self.reconciler = Reconciler(self.state, self.sink, RenderConfig(), self.recorder)
@@ -76,8 +77,8 @@ class Harness:
 
     def event(self, data: BaseModel) -> str:
         self.sequence += 1
-        reduction = self.state.apply(InboundEvent(KINDS[type(data)], data, f"e{self.sequence}", self.sequence))
-        return reduction.template
+        self.state.apply(InboundEvent(KINDS[type(data)], data, f"e{self.sequence}", self.sequence))
+        return str(data.template_name)  # type: ignore[attr-defined]
 
     def file(self, name: str, namespace: str = "default") -> dict[str, Any]:
         return yaml.safe_load((self.sink.root / namespace / f"{name}.yaml").read_text())  # type: ignore[no-any-return]
@@ -184,18 +185,63 @@ async def test_objects_not_managed_by_stokehold_are_never_touched(h: Harness) ->
     assert isinstance(failed[0], DeploymentFailed) and "not managed" in failed[0].reason
 
 
-async def test_prime_and_reconcile_all_collect_orphans(h: Harness) -> None:
+async def test_an_object_without_desired_state_is_kept_and_reported_until_an_explicit_delete(h: Harness) -> None:
+    """A restarted controller whose stream lost the request for "orphan" (deleted messages, a recreated stream):
+    the object stays, reported once (log, gauge, `deployment.applied` action `kept`); a deployment.deleted removes it."""
     h.event(version(1))
     h.event(DeploymentRequested(template="tiny-demo", name="keep"))
     h.event(DeploymentRequested(template="tiny-demo", name="orphan"))
-    await h.reconciler.reconcile("tiny-demo")
-    restarted = Harness(h.sink.root)  # a new controller whose stream no longer asks for "orphan"
+    h.event(version(1, template="other"))
+    h.event(DeploymentRequested(template="other"))
+    await h.reconciler.reconcile_all()
+    restarted = Harness(h.sink.root)  # its history holds tiny-demo's version and "keep" only
     restarted.event(version(1))
     restarted.event(DeploymentRequested(template="tiny-demo", name="keep"))
-    assert await restarted.reconciler.prime() == 2
+    assert await restarted.reconciler.prime() == 3
     result = await restarted.reconciler.reconcile_all()
-    assert result.actions == {("default", "keep"): "unchanged", ("default", "orphan"): "deleted"}
-    assert restarted.sink.applies == 0, "the live hashes came from list_managed: no write for what matches"
+    assert result.actions == {("default", "keep"): "unchanged"}
+    assert result.kept == {("default", "orphan"), ("default", "other")}
+    assert restarted.sink.applies == 0 and restarted.sink.deletes == 0, "nothing written, nothing deleted"
+    kept = restarted.recorder.of(EventKind.DEPLOYMENT_APPLIED)
+    assert sorted((k.name, k.action, k.version) for k in kept) == [("orphan", "kept", 1), ("other", "kept", 1)]
+    assert restarted.reconciler.metrics.kept_objects._value.get() == 2
+
+    assert (await restarted.reconciler.reconcile_all()).kept == result.kept
+    assert len(restarted.recorder.of(EventKind.DEPLOYMENT_APPLIED)) == 2, "reported once, not at every resync"
+
+    restarted.event(DeploymentDeleted(template="tiny-demo", name="orphan"))
+    assert (await restarted.reconciler.reconcile("tiny-demo")).actions == {
+        ("default", "keep"): "unchanged",
+        ("default", "orphan"): "deleted",
+    }
+    assert not (h.sink.root / "default" / "orphan.yaml").exists() and (h.sink.root / "default" / "other.yaml").exists()
+    assert restarted.reconciler.metrics.kept_objects._value.get() == 1
+
+
+async def test_a_deployment_whose_version_is_missing_but_never_deleted_is_kept(h: Harness) -> None:
+    h.event(version(1))
+    h.event(version(2))
+    h.event(DeploymentRequested(template="tiny-demo", name="pinned", version=2))
+    h.event(DeploymentRequested(template="tiny-demo", name="latest"))
+    await h.reconciler.reconcile("tiny-demo")
+    h.state.versions.remove("tiny-demo", 2)  # gone from the history without a template.version.deleted
+    result = await h.reconciler.reconcile("tiny-demo")
+    assert result.kept == {("default", "pinned")} and result.actions == {("default", "latest"): "updated"}
+    assert h.file("pinned")["metadata"]["labels"]["stokehold.dev/version"] == "2"
+    h.event(DeploymentDeleted(template="tiny-demo", name="pinned"))
+    assert (await h.reconciler.reconcile("tiny-demo")).actions[("default", "pinned")] == "deleted"
+
+
+async def test_a_transient_failure_leaves_the_template_unsettled_until_a_retry_succeeds(h: Harness) -> None:
+    h.event(version(1))
+    h.event(DeploymentRequested(template="tiny-demo"))
+    h.sink.fail_next = 2
+    assert (await h.reconciler.reconcile("tiny-demo")).transient is not None
+    assert h.reconciler.unsettled == {"tiny-demo"} and h.reconciler.troubled.is_set()
+    assert (await h.reconciler.retry_unsettled()).transient is not None, "the sink is still down"
+    retried = await h.reconciler.retry_unsettled()
+    assert retried.actions == {("default", "tiny-demo"): "created"}
+    assert h.reconciler.unsettled == set() and not h.reconciler.troubled.is_set()
 
 
 async def test_overrides_that_stop_fitting_a_new_version_report_a_failure(h: Harness) -> None:

@@ -16,6 +16,7 @@ from events.types import (
     DeploymentRequested,
     DeploymentResumed,
     DeploymentStopped,
+    EventAccepted,
     EventKind,
     EventRejected,
     LoadStatus,
@@ -52,6 +53,12 @@ def sample(kind: EventKind) -> BaseModel:
         EventKind.DEPLOYMENT_READY: DeploymentReady.model_validate(status | {"url": "http://tiny-demo.llm.example.com"}),
         EventKind.DEPLOYMENT_FAILED: DeploymentFailed.model_validate(status | {"reason": "image pull failed"}),
         EventKind.LOAD_STATUS: DeploymentLoadStatus.model_validate(status | {"status": LoadStatus.LOADING}),
+        EventKind.EVENT_ACCEPTED: EventAccepted(
+            original_id="abc",
+            original_type="dev.stokehold.deployment.requested",
+            subject="stokehold.templates.tiny-demo.deployment.requested",
+            stream_sequence=7,
+        ),
         EventKind.EVENT_REJECTED: EventRejected(
             original_id="abc",
             original_type="dev.stokehold.deployment.requested",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
+import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from cloudevents.core.bindings import http as ce_http
@@ -15,15 +16,16 @@ from cloudevents.v1 import conversion as v1_conversion
 from cloudevents.v1 import http as v1_http
 
 from events.codec import (
+    MAX_EVENT_ID_LENGTH,
     MAX_PAYLOAD_BYTES,
     NATS_MSG_ID,
     STRUCTURED_CONTENT_TYPE,
     EventDataError,
     EventDecodeError,
+    Mode,
     decode,
     encode,
     nats_subject,
-    new_event_id,
 )
 from events.types import DATA_MODELS, HASH_EXTENSION, DeploymentRequested, EventKind, TemplateVersionPublished
 from tests.events.samples import sample, tiny_version
@@ -85,7 +87,7 @@ def test_a_subject_that_needs_encoding_survives(kind: EventKind) -> None:
 
 
 def test_a_published_versions_hash_is_its_content_hash() -> None:
-    """The hash header is taken from the payload's bytes: it must be the content hash of every catalog version."""
+    """The hash header is the content hash of every catalog version, and decoding agrees."""
     from templates.catalog import load_catalog
     from templates.schema import content_hash
 
@@ -96,21 +98,14 @@ def test_a_published_versions_hash_is_its_content_hash() -> None:
         assert decode(headers, payload).content_hash == content_hash(version)
 
 
-def test_event_ids_are_unique_hex_and_never_shared_with_a_forked_child() -> None:
-    ids = [new_event_id() for _ in range(1000)]  # several batches
-    assert len(set(ids)) == len(ids) and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+@pytest.mark.parametrize("mode", MODES)
+def test_event_ids_are_random_uuids(mode: Mode) -> None:
+    """Nobody can compute the next id and claim it first (JetStream's duplicate window is stream-wide)."""
+    data = sample(EventKind.DEPLOYMENT_DELETED)
+    ids = [encode(EventKind.DEPLOYMENT_DELETED, data, source=SOURCE, mode=mode)[0][NATS_MSG_ID] for _ in range(200)]
 
-    new_event_id()  # the parent holds a batch now
-    reader, writer = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child process
-        os.write(writer, new_event_id().encode())
-        os._exit(0)
-    os.close(writer)
-    os.waitpid(child, 0)
-    childs = os.read(reader, 64).decode()
-    os.close(reader)
-    assert len(childs) == 32 and childs != new_event_id()
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(event_id).version == 4 and str(uuid.UUID(event_id)) == event_id for event_id in ids)
 
 
 def test_structured_mode_puts_the_whole_event_in_the_payload() -> None:
@@ -323,6 +318,44 @@ def test_decode_computes_the_hash_when_the_producer_left_it_out() -> None:
     del headers[f"ce-{HASH_EXTENSION}"]
 
     assert decode(headers, payload).content_hash == tiny_version().content_hash
+
+
+# The ids a hostile producer sends: they must never reach a dead letter, a log line or an annotation.
+HOSTILE_IDS = {
+    "CR LF": "evt-1\r\nX-Injected: yes",
+    "LF": "evt\n2",
+    "NUL": "evt\x003",
+    "space": "evt 4",
+    "DEL": "evt\x7f5",
+    "non-ASCII": "évènement",
+    "60 KB": "x" * 60_000,
+    "one over the cap": "x" * (MAX_EVENT_ID_LENGTH + 1),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_IDS))
+@pytest.mark.parametrize("carrier", ["raw header", "percent-encoded header", "structured"])
+def test_decode_refuses_an_event_id_that_is_not_printable_ascii_or_too_long(case: str, carrier: str) -> None:
+    hostile = HOSTILE_IDS[case]
+    if carrier == "structured":
+        headers, payload = _structured(id=hostile)
+    else:
+        headers, payload = _binary()
+        headers["ce-id"] = hostile if carrier == "raw header" else quote(hostile, safe="")
+
+    with pytest.raises(EventDecodeError) as caught:
+        decode(headers, payload)
+
+    error = caught.value
+    assert error.reason.startswith("invalid event id") and "printable ASCII" in error.reason
+    assert error.event_id is None, "an invalid id is never handed on to the dead letter"
+    assert len(error.reason) < 200 and "\n" not in error.reason and "\x00" not in error.reason
+
+
+def test_the_longest_valid_event_id_is_accepted() -> None:
+    headers, payload = encode(EventKind.DEPLOYMENT_DELETED, sample(EventKind.DEPLOYMENT_DELETED), source=SOURCE, event_id="~" * 256)
+
+    assert decode(headers, payload).id == "~" * MAX_EVENT_ID_LENGTH
 
 
 # --------------------------------------------------------- encode refuses

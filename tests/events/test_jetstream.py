@@ -10,16 +10,17 @@ import pytest
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
-from nats.js.api import StorageType
+from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, StorageType
 
 import events
 from events.codec import EventDataError, encode, nats_subject
 from events.local_server import LocalNatsServer
 from events.options import NatsOptions
-from events.publisher import Publisher, PublishError, _acknowledgement
+from events.publisher import Publisher, PublishError
 from events.reader import ReceivedEvent, follow, replay, status_subjects
 from events.stream import ProvisionOutcome, StreamConfigMismatch, StreamSettings, provision_stream
-from events.types import STREAM_NAME, DeploymentRequested, EventKind
+from events.types import STREAM_NAME, DeploymentRequested, EventKind, stream_for
 from tests.events.samples import sample, version_of
 from tests.fixtures.nats import nats_client
 
@@ -37,14 +38,15 @@ async def test_every_event_round_trips_through_jetstream(nats_options: NatsOptio
         publisher = Publisher(client, mode=mode, source="/tests/jetstream")  # type: ignore[arg-type]
         results = [await publisher.publish(kind, sample(kind)) for kind in EventKind]
 
-    stored = await _all(nats_options)
+    stored = {item.event.id: item for item in await _all(nats_options) if item.event is not None}
 
-    assert [item.sequence for item in stored] == [result.sequence for result in results] == list(range(1, len(EventKind) + 1))
-    for kind, result, item in zip(EventKind, results, stored, strict=True):
-        assert item.error is None and item.event is not None
-        assert (item.event.kind, item.event.id, item.event.mode) == (kind, result.event_id, mode)
+    assert len(stored) == len(EventKind)
+    for kind, result in zip(EventKind, results, strict=True):
+        item = stored[result.event_id]
+        assert item.event is not None and (item.event.kind, item.event.mode) == (kind, mode)
         assert item.event.data == sample(kind)
         assert item.subject == result.subject == nats_subject(kind, sample(kind))
+        assert (result.stream, result.sequence) == (stream_for(kind), item.sequence)
 
 
 async def test_an_event_made_by_the_cloudevents_sdk_is_read_from_the_stream(
@@ -109,8 +111,9 @@ async def test_provisioning_is_idempotent_and_updates_what_changed(nats_options:
         created = await provision_stream(js, settings)
         again = await provision_stream(js, settings)
         updated = await provision_stream(js, settings.model_copy(update={"max_age_seconds": 3600.0, "duplicate_window_seconds": 60.0}))
-        info = await js.stream_info("PROVISION")
-        await js.delete_stream("PROVISION")
+        infos = {name: (await js.stream_info(name)).config for name in settings.names}
+        for name in settings.names:
+            await js.delete_stream(name)
 
     assert (created.outcome, again.outcome, updated.outcome) == (
         ProvisionOutcome.CREATED,
@@ -118,9 +121,46 @@ async def test_provisioning_is_idempotent_and_updates_what_changed(nats_options:
         ProvisionOutcome.UPDATED,
     )
     assert again.changed == {}
-    assert set(updated.changed) == {"max_age", "duplicate_window"}
-    assert (info.config.max_age, info.config.duplicate_window) == (3600.0, 60.0)
-    assert info.config.subjects == ["provision.templates.>", "provision.status.>", "provision.deadletter.>"]
+    assert set(updated.changed) == {
+        "PROVISION.duplicate_window",
+        "PROVISION_STATUS.max_age",
+        "PROVISION_STATUS.duplicate_window",
+        "PROVISION_DEADLETTER.max_age",
+        "PROVISION_DEADLETTER.duplicate_window",
+    }
+    desired, status, deadletter = (infos[name] for name in settings.names)
+    assert desired.subjects == ["provision.templates.>"] and status.subjects == ["provision.status.>"]
+    assert deadletter.subjects == ["provision.deadletter.>"]
+    assert (desired.max_age, desired.discard, desired.duplicate_window) == (0.0, DiscardPolicy.NEW, 60.0), "never aged out, never dropped"
+    for side in (status, deadletter):
+        assert (side.max_age, side.discard) == (3600.0, DiscardPolicy.OLD), "informational: the oldest go first"
+
+
+async def test_a_stream_of_the_one_stream_layout_is_split(nats_options: NatsOptions) -> None:
+    """The old layout bound status events and dead letters to the desired-state stream, aged out and discarded old."""
+    settings = StreamSettings(name="SPLIT", subject_root="split")
+    old = settings.config().evolve(
+        subjects=["split.templates.>", "split.status.>", "split.deadletter.>"], discard=DiscardPolicy.OLD, max_age=365 * 86400.0
+    )
+    async with nats_client(nats_options) as client:
+        js = client.jetstream()
+        await js.add_stream(old)
+        for subject in ("split.templates.a.deployment.requested", "split.status.a.deployment.applied", "split.deadletter.a"):
+            await js.publish(subject, b"{}")
+        result = await provision_stream(js, settings)
+        desired = await js.stream_info("SPLIT")
+        status_stream = await js.publish("split.status.a.deployment.applied", b"{}")
+        for name in settings.names:
+            await js.delete_stream(name)
+
+    assert [(r.name, r.outcome) for r in result.streams] == [
+        ("SPLIT", ProvisionOutcome.UPDATED),
+        ("SPLIT_STATUS", ProvisionOutcome.CREATED),
+        ("SPLIT_DEADLETTER", ProvisionOutcome.CREATED),
+    ]
+    assert {"subjects", "discard", "max_age"} <= set(result.streams[0].changed)
+    assert desired.state.messages == 1, "the old status event and dead letter were purged; the inbound event stays"
+    assert status_stream.stream == "SPLIT_STATUS"
 
 
 async def test_a_stream_that_cannot_be_updated_is_reported_with_its_fields(nats_options: NatsOptions) -> None:
@@ -251,11 +291,16 @@ async def test_the_one_shot_publish_function(nats_options: NatsOptions, clean_st
     assert item.event is not None and (item.event.id, item.event.kind) == (result.event_id, EventKind.DEPLOYMENT_STOPPED)
 
 
-async def test_an_event_stored_by_another_stream_is_an_error(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
+async def test_an_event_for_a_subject_of_another_stream_is_refused_and_not_stored(
+    nats_options: NatsOptions, clean_stream: StreamSettings
+) -> None:
     async with nats_client(nats_options) as client:
         publisher = Publisher(client, stream="SOMEWHERE_ELSE")
-        with pytest.raises(PublishError, match=f"stored by stream {STREAM_NAME}, not SOMEWHERE_ELSE"):
+        with pytest.raises(PublishError, match="stored by another stream than SOMEWHERE_ELSE"):
             await publisher.request_deployment("tiny-demo")
+        info = await client.jetstream().stream_info(STREAM_NAME)
+
+    assert info.state.messages == 0
 
 
 async def test_a_refusal_by_the_stream_is_a_publish_error_naming_the_reason(nats_options: NatsOptions) -> None:
@@ -270,7 +315,35 @@ async def test_a_refusal_by_the_stream_is_a_publish_error_naming_the_reason(nats
         assert (await client.jetstream().stream_info("SMALL")).state.messages == 0
 
 
-@pytest.mark.parametrize("answer", [b"", b"not json", b"[1, 2]", b'{"stream": "S"}', b'{"seq": 3}'])
-def test_an_answer_that_is_not_a_jetstream_acknowledgement_is_an_error(answer: bytes) -> None:
-    with pytest.raises(PublishError, match="not by a JetStream stream"):
-        _acknowledgement("a.subject", answer)
+ANSWERS = [b"", b"not json", b"[1, 2]", b'"error"', b"null", b'{"stream": "S"}', b'{"seq": 3}', b'{"error": "no code"}']
+
+
+async def test_an_answer_that_is_not_a_jetstream_acknowledgement_is_an_error(nats_options: NatsOptions) -> None:
+    """Something other than a stream answers on the subject (a plain responder): no acknowledgement, a clear error."""
+    answers = iter(ANSWERS)
+
+    async def impostor(msg: Msg) -> None:
+        await msg.respond(next(answers))
+
+    async with nats_client(nats_options) as client:
+        await client.subscribe("impostor.templates.>", cb=impostor)
+        publisher = Publisher(client, subject_root="impostor", stream="IMPOSTOR")
+        messages = []
+        for _ in ANSWERS:
+            with pytest.raises(PublishError) as caught:
+                await publisher.request_deployment("tiny-demo")
+            messages.append(str(caught.value))
+
+    assert all(message.startswith("impostor.templates.tiny-demo.deployment.requested was answered, but not") for message in messages[:-1])
+    assert "refused" in messages[-1] or "not by a JetStream stream" in messages[-1]
+
+
+async def test_a_retried_publish_with_the_same_id_is_a_duplicate(nats_options: NatsOptions, clean_stream: StreamSettings) -> None:
+    async with nats_client(nats_options) as client:
+        publisher = Publisher(client)
+        first = await publisher.request_deployment("tiny-demo")
+        retried = await publisher.request_deployment("tiny-demo", event_id=first.event_id)
+        fresh = await publisher.request_deployment("tiny-demo")
+
+    assert (first.duplicate, retried.duplicate, fresh.duplicate) == (False, True, False)
+    assert retried.sequence == first.sequence and fresh.sequence == first.sequence + 1

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events.codec import DecodedEvent, validate_data
-from events.status_view import summarize
+from events.status_view import rejections, summarize
 from events.types import EventKind
 
 TINY = {"template": "tiny-demo", "namespace": "llm", "name": "tiny-demo"}
@@ -75,3 +75,33 @@ def test_one_row_per_namespace_and_name_sorted_and_inbound_events_skipped() -> N
     rows = summarize([_event(1, EventKind.DEPLOYMENT_APPLIED, action="created"), inbound, other])
 
     assert [row.key for row in rows] == [("a-team", "gemma"), ("llm", "tiny-demo")]
+
+
+def test_an_unchanged_object_keeps_its_phase_and_url() -> None:
+    ready = _event(1, EventKind.DEPLOYMENT_READY, url="http://tiny", content_hash="sha256:a")
+    unchanged = _event(2, EventKind.DEPLOYMENT_APPLIED, action="unchanged", content_hash="sha256:a")
+    updated = _event(3, EventKind.DEPLOYMENT_APPLIED, action="updated", content_hash="sha256:b")
+
+    assert _phases(ready, unchanged, updated) == ["Ready", "Ready", "Applied"]
+    assert summarize([ready, unchanged])[0].url == "http://tiny"
+    assert summarize([ready, unchanged, updated])[0].content_hash == "sha256:b"
+
+
+def test_rejections_are_the_dead_letters_in_order() -> None:
+    def rejected(number: int, reason: str) -> DecodedEvent:
+        data = {"original_id": f"e{number}", "subject": "stokehold.templates.tiny-demo.deployment.requested", "reason": reason}
+        return DecodedEvent(
+            id=f"r{number}",
+            kind=EventKind.EVENT_REJECTED,
+            source="/controller",
+            time=datetime(2024, 1, 1, 0, number, tzinfo=UTC),
+            content_hash=None,
+            data=validate_data(EventKind.EVENT_REJECTED, data),
+        )
+
+    found = rejections([rejected(1, "first"), _event(2, EventKind.DEPLOYMENT_READY), rejected(3, "second")])
+
+    assert [(row.original_id, row.reason, row.time.minute if row.time else None) for row in found] == [
+        ("e1", "first", 1),
+        ("e3", "second", 3),
+    ]

@@ -15,7 +15,7 @@ from tests.k8s_emulator.server import KubernetesEmulator
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Kubernetes API emulator (InferenceServices, Leases, Events, Namespaces)")
+    parser = argparse.ArgumentParser(description="Kubernetes API emulator (KServe resources, Leases, Events, Namespaces)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--token", default="stokehold-emulator-token", help="bearer token clients must send ('' for none)")

@@ -71,15 +71,24 @@ def conflict(qualified: str, name: str, group: str, plural: str, why: str) -> Ap
     )
 
 
-def invalid(kind: str, name: str, group: str, causes: list[tuple[str, str]]) -> ApiError:
-    text = "; ".join(f"{field}: {message}" for field, message in causes)
+def invalid(kind: str, name: str, group: str, causes: list[tuple[str, str]] | list[tuple[str, str, str]]) -> ApiError:
+    """422 Invalid; a cause is (field, message) or (field, message, reason), reason FieldValueInvalid by default."""
+    full = [(cause[0], cause[1], cause[2] if len(cause) > 2 else "FieldValueInvalid") for cause in causes]
+    parts = [f"{field}: {message}" if field else message for field, message, _ in full]
+    text = parts[0] if len(parts) == 1 else f"[{', '.join(parts)}]"
     details = {
         "name": name,
         "group": group,
         "kind": kind,
-        "causes": [{"reason": "FieldValueInvalid", "message": message, "field": field} for field, message in causes],
+        "causes": [{"reason": reason, "message": message, "field": field} for field, message, reason in full],
     }
     return ApiError(422, f'{kind}.{group or "core"} "{name}" is invalid: {text}', details=details)
+
+
+def strict_decoding(kind: str, version: str, unknown: list[str]) -> ApiError:
+    """400 for unknown fields under `fieldValidation=Strict` (what kubectl sends unless told otherwise)."""
+    fields = ", ".join(f'unknown field "{path}"' for path in unknown)
+    return ApiError(400, f'{kind} in version "{version}" cannot be handled as a {kind}: strict decoding error: {fields}')
 
 
 def success_status(name: str, group: str, plural: str, uid: str) -> dict[str, Any]:

@@ -8,6 +8,10 @@ from tests.k8s_emulator.resources import Object
 from tests.k8s_emulator.store import now_rfc3339
 
 ModelState = Literal["Pending", "Standby", "Loading", "Loaded", "FailedToLoad"]
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# KServe v0.16.0 records a deprecated mode under its new name (and defaults to Knative, its config's "Serverless")
+NEW_MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
+KNOWN_MODES = ("Knative", "Standard", "ModelMesh")
 TRANSITION = {
     "Pending": "InProgress",
     "Standby": "InProgress",
@@ -30,6 +34,16 @@ def _condition(kind: str, ready: bool | None, reason: str | None, message: str |
     return condition
 
 
+def recorded_deployment_mode(isvc: Object) -> str:
+    """The `status.deploymentMode` KServe v0.16.0 records: the one already recorded, else the annotation's mode by its new name."""
+    recorded = (isvc.get("status") or {}).get("deploymentMode")
+    if recorded:
+        return str(recorded)
+    annotation = str(((isvc.get("metadata") or {}).get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION, ""))
+    mode = NEW_MODE_NAMES.get(annotation, annotation)
+    return mode if mode in KNOWN_MODES else "Knative"
+
+
 def isvc_status(
     name: str,
     namespace: str,
@@ -41,6 +55,7 @@ def isvc_status(
     model_state: ModelState | None = None,
     observed_generation: int | None = None,
     domain: str = "example.com",
+    deployment_mode: str | None = None,
 ) -> Object:
     """A KServe-shaped status.
 
@@ -82,4 +97,6 @@ def isvc_status(
         status["url"] = url
     if observed_generation is not None:
         status["observedGeneration"] = observed_generation
+    if deployment_mode is not None:
+        status["deploymentMode"] = deployment_mode
     return status

@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tests.k8s_emulator.crds import CLUSTER_SERVING_RUNTIME_CRD, ISVC_CRD, SERVING_RUNTIME_CRD, served_schema
+
 Object = dict[str, Any]
 Validator = Callable[[Object], list[tuple[str, str]]]
+# A validating admission webhook: (new object, old object or None on create) → why it denies the request, or None.
+Webhook = Callable[[Object, Object | None], str | None]
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -49,7 +53,9 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     columns: tuple[Column, ...] = ()
-    validate: Validator | None = None
+    validate: Validator | None = None  # a built-in type's own rules (422)
+    schema: dict[str, Any] | None = None  # a CRD's structural schema: prune, default, validate (openapi.py)
+    webhook: tuple[str, Webhook] | None = None  # (name, rule) of a validating webhook on create/update (403 when it denies)
     verbs: tuple[str, ...] = ("create", "delete", "get", "list", "patch", "update", "watch")
 
     @property
@@ -132,6 +138,21 @@ ISVC_COLUMNS = (
     AGE_COLUMN,
 )
 
+
+def _joined(obj: Object, field: str, key: str) -> Any:
+    values = [str(item.get(key)) for item in _get(obj, "spec", field) or [] if isinstance(item, dict) and item.get(key) is not None]
+    return ",".join(values) if values else None
+
+
+# KServe's additionalPrinterColumns for (Cluster)ServingRuntime v1alpha1.
+RUNTIME_COLUMNS = (
+    NAME_COLUMN,
+    Column("Disabled", "boolean", lambda o: _get(o, "spec", "disabled")),
+    Column("ModelType", "string", lambda o: _joined(o, "supportedModelFormats", "name")),
+    Column("Containers", "string", lambda o: _joined(o, "containers", "name")),
+    AGE_COLUMN,
+)
+
 LEASE_COLUMNS = (NAME_COLUMN, Column("Holder", "string", lambda o: _get(o, "spec", "holderIdentity")), AGE_COLUMN)
 NAMESPACE_COLUMNS = (NAME_COLUMN, Column("Status", "string", lambda o: _get(o, "status", "phase")), AGE_COLUMN)
 EVENT_COLUMNS = (
@@ -151,18 +172,34 @@ EVENT_COLUMNS = (
 # ------------------------------------------------------------- validation
 
 
-def _validate_isvc(obj: Object) -> list[tuple[str, str]]:
-    """The parts of KServe's CRD schema (and its webhook's name rule) a client can trip over."""
-    causes: list[tuple[str, str]] = []
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        causes.append(("spec", "Required value"))
-    elif not isinstance(spec.get("predictor"), dict):
-        causes.append(("spec.predictor", "Required value"))
+ISVC_NAME_FORMAT = "[a-z]([-a-z0-9]*[a-z0-9])?"
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+ISVC_WEBHOOK = "inferenceservice.kserve-webhook-server.validator"
+
+
+def _kserve_isvc_webhook(obj: Object, old: Object | None) -> str | None:
+    """What KServe's InferenceService webhook (v0.16.0) refuses that a client of stokehold can send.
+
+    - a name that is no DNS-1035 label (`validateInferenceServiceName`);
+    - on update, a `serving.kserve.io/deploymentMode` annotation other than the mode KServe recorded in
+      `status.deploymentMode` (`validateDeploymentMode`): compared as written, so after KServe
+      v0.16.0 recorded `Knative` for an object created as `Serverless`, an update that still says
+      `Serverless` is refused.
+
+    The schema itself (types, required fields, patterns) is the CRD's, applied before.
+    """
     name = _name(obj)
-    if isinstance(name, str) and not re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", name):
-        causes.append(("metadata.name", f"Invalid value: {name!r}: the InferenceService name must be a DNS-1035 label"))
-    return causes
+    if isinstance(name, str) and not re.fullmatch(ISVC_NAME_FORMAT, name):
+        return (
+            f'the InferenceService "{name}" is invalid: a InferenceService name must consist of lower case alphanumeric characters '
+            f'or \'-\', and must start with alphabetical character. (e.g. "my-name" or "abc-123", regex used for validation is '
+            f"'{ISVC_NAME_FORMAT}')"
+        )
+    recorded = _get(old, "status", "deploymentMode") if old is not None else None
+    annotations = _get(obj, "metadata", "annotations") or {}
+    if recorded and DEPLOYMENT_MODE_ANNOTATION in annotations and annotations[DEPLOYMENT_MODE_ANNOTATION] != recorded:
+        return f"update rejected: deploymentMode cannot be changed from '{recorded}' to '{annotations[DEPLOYMENT_MODE_ANNOTATION]}'"
+    return None
 
 
 def _validate_lease(obj: Object) -> list[tuple[str, str]]:
@@ -251,7 +288,33 @@ INFERENCE_SERVICES = ResourceType(
     short_names=("isvc",),
     categories=("all",),
     columns=ISVC_COLUMNS,
-    validate=_validate_isvc,
+    schema=served_schema(ISVC_CRD),
+    webhook=(ISVC_WEBHOOK, _kserve_isvc_webhook),
+    verbs=("delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"),
+)
+# No status subresource: KServe's ServingRuntime CRDs declare none.
+SERVING_RUNTIMES = ResourceType(
+    group="serving.kserve.io",
+    version="v1alpha1",
+    plural="servingruntimes",
+    singular="servingruntime",
+    kind="ServingRuntime",
+    namespaced=True,
+    custom=True,
+    columns=RUNTIME_COLUMNS,
+    schema=served_schema(SERVING_RUNTIME_CRD),
+    verbs=("delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"),
+)
+CLUSTER_SERVING_RUNTIMES = ResourceType(
+    group="serving.kserve.io",
+    version="v1alpha1",
+    plural="clusterservingruntimes",
+    singular="clusterservingruntime",
+    kind="ClusterServingRuntime",
+    namespaced=False,
+    custom=True,
+    columns=RUNTIME_COLUMNS,
+    schema=served_schema(CLUSTER_SERVING_RUNTIME_CRD),
     verbs=("delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"),
 )
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, columns=LEASE_COLUMNS, validate=_validate_lease)
@@ -261,7 +324,7 @@ NAMESPACES = ResourceType(
     verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
 )  # fmt: skip
 
-BUILT_IN_TYPES = (NAMESPACES, EVENTS, LEASES, INFERENCE_SERVICES)
+BUILT_IN_TYPES = (NAMESPACES, EVENTS, LEASES, INFERENCE_SERVICES, SERVING_RUNTIMES, CLUSTER_SERVING_RUNTIMES)
 
 
 @dataclass

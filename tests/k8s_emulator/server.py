@@ -27,10 +27,10 @@ from aiohttp import web
 
 from tests.k8s_emulator.errors import ApiError, success_status
 from tests.k8s_emulator.faults import FaultInjector, FaultRule
-from tests.k8s_emulator.kserve import ModelState, isvc_status
+from tests.k8s_emulator.kserve import ModelState, isvc_status, recorded_deployment_mode
 from tests.k8s_emulator.resources import INFERENCE_SERVICES, Object, Registry, ResourceType
 from tests.k8s_emulator.selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
-from tests.k8s_emulator.store import DEFAULT_NAMESPACES, ObjectStore, PatchType, WatchEvent
+from tests.k8s_emulator.store import DEFAULT_NAMESPACES, FIELD_VALIDATIONS, FieldValidation, ObjectStore, PatchType, WatchEvent
 from tests.k8s_emulator.tables import IncludeObject, to_table, wants_table
 from tests.k8s_emulator.tls import ServerCertificate, self_signed
 
@@ -65,6 +65,22 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None, c
 
 def _error(exc: ApiError) -> web.Response:
     return _json(exc.status(), exc.code, headers=exc.headers)
+
+
+def _field_validation(request: web.Request) -> FieldValidation:
+    """The `fieldValidation` directive; Warn when the client sends none, as the API server defaults it."""
+    value = request.query.get("fieldValidation") or "Warn"
+    if value not in FIELD_VALIDATIONS:
+        raise ApiError(400, f'fieldValidation: Unsupported value: "{value}": supported values: "Ignore", "Strict", "Warn"')
+    return value
+
+
+def _written(body: Any, warnings: list[str], status: int = 200) -> web.Response:
+    """A write's answer, with a `Warning` header (code 299, as the API server sends them) per unknown field dropped."""
+    response = _json(body, status)
+    for text in warnings:
+        response.headers.add("Warning", f"299 - {json.dumps(text)}")
+    return response
 
 
 @dataclass(frozen=True)
@@ -245,8 +261,11 @@ class EmulatorApp:
             if method == "POST":
                 if rt.namespaced and target.namespace is None:
                     raise ApiError(405, "the server does not allow this method on the requested resource")
-                created = self.store.create(rt, namespace or "", await _body(request))
-                return _json(created, 201)
+                warnings: list[str] = []
+                created = self.store.create(
+                    rt, namespace or "", await _body(request), field_validation=_field_validation(request), warnings=warnings
+                )
+                return _written(created, warnings, 201)
             raise ApiError(405, "the server does not allow this method on the requested resource")
         if method == "GET":
             obj = self.store.get(rt, namespace or "", name)
@@ -254,7 +273,17 @@ class EmulatorApp:
                 return _json(to_table(rt, [obj], include=_include(request)))
             return _json(obj)
         if method == "PUT":
-            return _json(self.store.replace(rt, namespace or "", name, await _body(request), target.subresource))
+            warnings = []
+            replaced = self.store.replace(
+                rt,
+                namespace or "",
+                name,
+                await _body(request),
+                target.subresource,
+                field_validation=_field_validation(request),
+                warnings=warnings,
+            )
+            return _written(replaced, warnings)
         if method == "PATCH":
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             patch_type = PATCH_TYPES.get(content_type)
@@ -262,7 +291,18 @@ class EmulatorApp:
                 raise ApiError(
                     415, f"the body of the request was in an unknown format - accepted media types include: {', '.join(PATCH_TYPES)}"
                 )
-            return _json(self.store.patch(rt, namespace or "", name, patch_type, await _body(request), target.subresource))
+            warnings = []
+            patched = self.store.patch(
+                rt,
+                namespace or "",
+                name,
+                patch_type,
+                await _body(request),
+                target.subresource,
+                field_validation=_field_validation(request),
+                warnings=warnings,
+            )
+            return _written(patched, warnings)
         if method == "DELETE":
             options = await _body(request, optional=True) or {}
             gone = self.store.delete(rt, namespace or "", name, options.get("preconditions") if isinstance(options, dict) else None)
@@ -385,6 +425,8 @@ class EmulatorApp:
             parts = path.strip("/").split("/")
             if len(parts) == 3 and parts[0] == "isvc-status" and request.method == "PUT":
                 options = await _body(request)
+                live = self.store.get(INFERENCE_SERVICES, parts[1], parts[2])
+                options.setdefault("deployment_mode", recorded_deployment_mode(live))
                 status = isvc_status(parts[2], parts[1], **options)
                 return _json(self.store.set_status(INFERENCE_SERVICES, parts[1], parts[2], status))
             raise ApiError(404, f"no admin route {request.method} {path}")
@@ -628,10 +670,13 @@ class KubernetesEmulator:
         url: str | None = None,
         model_state: ModelState | None = None,
         observed_generation: int | None = -1,
+        deployment_mode: str | None = None,
     ) -> Object:
         """Act as KServe: give an InferenceService a status (see `kserve.isvc_status`).
 
-        `observed_generation=-1` (the default) means "the object's current generation".
+        `observed_generation=-1` (the default) means "the object's current generation"; `deployment_mode`
+        (default: what KServe v0.16.0 records, `kserve.recorded_deployment_mode`) becomes `status.deploymentMode`,
+        e.g. "Serverless" for an object an older KServe created.
         """
         live = self.store.get(INFERENCE_SERVICES, namespace, name)
         if observed_generation == -1:
@@ -645,6 +690,7 @@ class KubernetesEmulator:
             url=url,
             model_state=model_state,
             observed_generation=observed_generation,
+            deployment_mode=deployment_mode or recorded_deployment_mode(live),
         )
         return copy.deepcopy(self.store.set_status(INFERENCE_SERVICES, namespace, name, status))
 

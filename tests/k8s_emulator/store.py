@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from tests.k8s_emulator import errors
+from tests.k8s_emulator import errors, openapi
 from tests.k8s_emulator.errors import ApiError
 from tests.k8s_emulator.patches import json_patch, merge_patch
 from tests.k8s_emulator.resources import NAMESPACES, Object, Registry, ResourceType, validate_metadata
@@ -33,6 +33,8 @@ from tests.k8s_emulator.selectors import FieldSelector, LabelSelector
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 PatchType = Literal["merge", "json", "strategic", "apply"]
+FieldValidation = Literal["Ignore", "Warn", "Strict"]
+FIELD_VALIDATIONS: tuple[FieldValidation, ...] = ("Ignore", "Warn", "Strict")
 SERVER_OWNED = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "selfLink")
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "stokehold-system")
 
@@ -174,12 +176,35 @@ class ObjectStore:
         body["metadata"] = dict(body.get("metadata") or {})
         return body
 
-    def _validate(self, rt: ResourceType, obj: Object) -> None:
-        causes = validate_metadata(obj, rt)
+    def _admit(self, rt: ResourceType, obj: Object, field_validation: FieldValidation, warnings: list[str] | None) -> Object:
+        """Prune and default a custom resource by its schema, as the API server decodes it (openapi.py)."""
+        if rt.schema is None:
+            return obj
+        obj, unknown = openapi.prune(obj, rt.schema)
+        if unknown and field_validation == "Strict":
+            raise errors.strict_decoding(rt.kind, rt.version, unknown)
+        if unknown and field_validation == "Warn" and warnings is not None:
+            warnings += [f'unknown field "{path}"' for path in unknown]
+        defaulted: Object = openapi.default(obj, rt.schema)
+        return defaulted
+
+    def _validate(self, rt: ResourceType, obj: Object, old: Object | None = None, *, admission: bool = True) -> None:
+        """The type's rules and schema (422), then its validating webhook (403), which sees only what passed them.
+
+        `admission=False` for the status subresource: webhooks are registered for the main resource.
+        """
+        causes: list[tuple[str, str, str]] = [(field, message, "FieldValueInvalid") for field, message in validate_metadata(obj, rt)]
+        if rt.schema is not None:
+            causes += [(cause.field, cause.message, cause.reason) for cause in openapi.validate(obj, rt.schema)]
         if rt.validate is not None:
-            causes += rt.validate(obj)
+            causes += [(field, message, "FieldValueInvalid") for field, message in rt.validate(obj)]
         if causes:
             raise errors.invalid(rt.kind, str((obj.get("metadata") or {}).get("name", "")), rt.group, causes)
+        if rt.webhook is not None and admission:
+            name, rule = rt.webhook
+            denial = rule(obj, old)
+            if denial is not None:
+                raise ApiError(403, f'admission webhook "{name}" denied the request: {denial}', reason="Forbidden")
 
     # -------------------------------------------------------------- reads
 
@@ -229,7 +254,10 @@ class ObjectStore:
 
     # ------------------------------------------------------------- writes
 
-    def create(self, rt: ResourceType, namespace: str, body: Any) -> Object:
+    def create(
+        self, rt: ResourceType, namespace: str, body: Any, *, field_validation: FieldValidation = "Warn", warnings: list[str] | None = None
+    ) -> Object:
+        """Store a new object. Unknown fields of a custom resource: see `_admit` (`warnings` collects the Warn ones)."""
         obj = self._check_type(rt, body)
         metadata = obj.setdefault("metadata", {})
         if rt.namespaced and metadata.get("namespace") not in (None, "", namespace):
@@ -243,6 +271,7 @@ class ObjectStore:
             metadata.pop(key, None)
         if rt.status_subresource:
             obj.pop("status", None)  # the status subresource owns status: ignored on create
+        obj = self._admit(rt, obj, field_validation, warnings)
         self._validate(rt, obj)
         with self._lock:
             if rt.namespaced:
@@ -252,7 +281,17 @@ class ObjectStore:
                 raise errors.already_exists(rt.qualified, metadata["name"], rt.group, rt.plural)
             return self._insert(rt, slot[0], obj)
 
-    def replace(self, rt: ResourceType, namespace: str, name: str, body: Any, subresource: str | None = None) -> Object:
+    def replace(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        body: Any,
+        subresource: str | None = None,
+        *,
+        field_validation: FieldValidation = "Warn",
+        warnings: list[str] | None = None,
+    ) -> Object:
         obj = self._check_type(rt, body)
         metadata = obj.setdefault("metadata", {})
         if metadata.get("name") not in (None, name):
@@ -261,10 +300,20 @@ class ObjectStore:
             raise ApiError(400, "the namespace of the provided object does not match the namespace sent on the request")
         metadata["name"] = name
         with self._lock:
-            return self._update(rt, namespace, name, obj, subresource, unconditional_allowed=not rt.custom)
+            options: dict[str, Any] = {"field_validation": field_validation, "warnings": warnings}
+            return self._update(rt, namespace, name, obj, subresource, unconditional_allowed=not rt.custom, **options)
 
     def patch(
-        self, rt: ResourceType, namespace: str, name: str, patch_type: PatchType, patch: Any, subresource: str | None = None
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        patch_type: PatchType,
+        patch: Any,
+        subresource: str | None = None,
+        *,
+        field_validation: FieldValidation = "Warn",
+        warnings: list[str] | None = None,
     ) -> Object:
         if patch_type == "apply":
             raise ApiError(415, "server-side apply (application/apply-patch+yaml) is not supported by the emulator")
@@ -286,10 +335,21 @@ class ObjectStore:
                 raise ApiError(422, "metadata.name cannot be changed by a patch")
             if not patched_meta.get("resourceVersion"):
                 patched_meta["resourceVersion"] = live["metadata"]["resourceVersion"]  # a patch is unconditional
-            return self._update(rt, namespace, name, patched, subresource, unconditional_allowed=True)
+            return self._update(
+                rt, namespace, name, patched, subresource, unconditional_allowed=True, field_validation=field_validation, warnings=warnings
+            )
 
     def _update(
-        self, rt: ResourceType, namespace: str, name: str, obj: Object, subresource: str | None, *, unconditional_allowed: bool
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        obj: Object,
+        subresource: str | None,
+        *,
+        unconditional_allowed: bool,
+        field_validation: FieldValidation = "Warn",
+        warnings: list[str] | None = None,
     ) -> Object:
         if subresource not in (None, "status") or (subresource == "status" and not rt.status_subresource):
             raise errors.not_found(rt.qualified, name, rt.group, rt.plural)
@@ -339,10 +399,13 @@ class ObjectStore:
                     updated["status"] = live["status"]
                 else:
                     updated.pop("status", None)
+        updated = self._admit(rt, updated, field_validation, warnings)
+        if subresource != "status":
+            metadata = updated["metadata"]
             if rt.custom and _content(updated) != _content(live):
                 metadata["generation"] = int(live_meta.get("generation", 1)) + 1
         updated["metadata"]["resourceVersion"] = live_meta["resourceVersion"]
-        self._validate(rt, updated)
+        self._validate(rt, updated, live, admission=subresource != "status")
         if updated == live:
             return live  # a no-op update neither bumps resourceVersion nor notifies watchers
         updated["metadata"]["resourceVersion"] = str(self._next_rv())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
 
-from controller.sinks.base import HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL, VERSION_LABEL, Object
+from controller.labels import HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL, VERSION_LABEL, Object
 
 
 def isvc(name: str, *, template: str | None = None, version: int = 1, namespace: str = "default", content_hash: str = "sha256:1") -> Object:
@@ -20,7 +21,7 @@ def isvc(name: str, *, template: str | None = None, version: int = 1, namespace:
             "name": name,
             "namespace": namespace,
             "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, TEMPLATE_LABEL: template, VERSION_LABEL: str(version)},
-            "annotations": {HASH_ANNOTATION: content_hash, "serving.kserve.io/deploymentMode": "Serverless"},
+            "annotations": {HASH_ANNOTATION: content_hash, "serving.kserve.io/deploymentMode": "Knative"},
         },
         "spec": {
             "predictor": {
@@ -33,10 +34,12 @@ def isvc(name: str, *, template: str | None = None, version: int = 1, namespace:
 
 
 async def eventually(condition: Callable[[], Any], what: str, limit: float = 10.0) -> Any:
-    """Poll until `condition()` is truthy (never an assertion about how long it took)."""
+    """Poll until `condition()` (or what it returns, when awaitable) is truthy (never an assertion about how long it took)."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         await asyncio.sleep(0.02)

@@ -39,6 +39,7 @@ async def replica(kube: KubernetesEmulator, nats_url: str, root: str, identity: 
             "kubeconfig": kube.kubeconfig,
             "leader_election": True,
             "lease_namespace": "stokehold-system",
+            "namespaces": ["default", "llm"],
             "lease_name": root,
             "identity": identity,
             "metrics_host": "127.0.0.1",

@@ -12,8 +12,9 @@ import pytest
 import yaml
 from kubernetes.client import CustomObjectsApi
 
+from controller.labels import STOP_ANNOTATION
 from controller.sinks import kube as kube_module
-from controller.sinks.base import STOP_ANNOTATION, ApplyAction, NotManagedError, PermanentSinkError, Sink, TransientSinkError
+from controller.sinks.base import ApplyAction, NotManagedError, PermanentSinkError, Sink, TransientSinkError
 from controller.sinks.kube import APPLIED_KEYS_ANNOTATION, KubeSink, merge_for_replace, sink_error
 from tests.k8s_emulator import KubernetesEmulator
 from tests.kube.helpers import isvc

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from controller.sinks.base import STOP_ANNOTATION
+from controller.labels import STOP_ANNOTATION
 from controller.status import Observation, observe, transition
 from events.types import DeploymentFailed, DeploymentLoadStatus, DeploymentReady, EventKind, LoadStatus
 from tests.k8s_emulator import isvc_status

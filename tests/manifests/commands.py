@@ -4,7 +4,9 @@
   (options and arguments must exist; nothing is run);
 - kubectl `-o jsonpath=` / `-o custom-columns=` expressions are evaluated by the installed
   kubectl (`kubectl annotate --local`, which prints without a cluster) on a rendered
-  InferenceService.
+  InferenceService;
+- `doc_commands` lists every command of a document in order, with heredocs and the output a
+  ```console block shows, for tests that run the documentation as written.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +143,83 @@ def jsonpath(obj: dict[str, Any], template: str, workdir: Path) -> str:
     if done.returncode != 0:
         raise AssertionError(f"kubectl rejected jsonpath {template!r}: {done.stderr.strip()}")
     return done.stdout
+
+
+# ------------------------------------------------------------- running documentation
+
+BLOCK = re.compile(r"^```(bash|sh|shell|console)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class DocCommand:
+    """One command of a document, in document order: a shell line (a heredoc's body included), and for a
+    ```console block the output lines it shows (`…` stands for anything)."""
+
+    text: str
+    line: int  # where it starts in the document, for messages
+    shown: tuple[str, ...] = ()
+
+    @property
+    def first_line(self) -> str:
+        return self.text.splitlines()[0]
+
+
+def doc_commands(markdown: str) -> list[DocCommand]:
+    """Every command of the ```bash / ```console blocks of a Markdown text (comments dropped, continuations joined)."""
+    found: list[DocCommand] = []
+    for block in BLOCK.finditer(markdown):
+        language, body = block.group(1), block.group(2)
+        start = markdown.count("\n", 0, block.start(2)) + 1
+        if language == "console":
+            found += _console_commands(body, start)
+        else:
+            found += _shell_commands(body, start)
+    return found
+
+
+def _shell_commands(body: str, start: int) -> list[DocCommand]:
+    commands: list[DocCommand] = []
+    lines = re.sub(r"\\\n\s*", " ", body).splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index].strip()
+        index += 1
+        if not line or line.startswith("#"):
+            continue
+        marker = re.search(r"<<'?(\w+)'?", line)
+        text = line
+        if marker:  # the heredoc's body and terminator belong to the command
+            end = next(i for i in range(index, len(lines)) if lines[i].strip() == marker.group(1))
+            text = "\n".join([line, *lines[index:end], marker.group(1)])
+            index = end + 1
+        commands.append(DocCommand(text, start + index - 1))
+    return commands
+
+
+def _console_commands(body: str, start: int) -> list[DocCommand]:
+    commands: list[DocCommand] = []
+    for offset, line in enumerate(body.splitlines()):
+        if line.startswith("$ "):
+            commands.append(DocCommand(line[2:].strip(), start + offset))
+        elif commands and line.strip():
+            last = commands[-1]
+            commands[-1] = DocCommand(last.text, last.line, (*last.shown, line))
+    return commands
+
+
+def _normalized(line: str) -> str:
+    return " ".join(line.split())
+
+
+def missing_output(shown: tuple[str, ...], output: str) -> list[str]:
+    """The shown lines that the output lacks, in order (spaces normalized; `…` matches anything)."""
+    lines = [_normalized(line) for line in output.splitlines()]
+    missing, position = [], 0
+    for expected in shown:
+        pattern = re.compile(".*".join(re.escape(part) for part in _normalized(expected).split("…")))
+        found = next((i for i in range(position, len(lines)) if pattern.fullmatch(lines[i])), None)
+        if found is None:
+            missing.append(expected)
+        else:
+            position = found + 1
+    return missing

@@ -141,10 +141,11 @@ def test_nats_secret_is_optional_by_default_and_required_with_the_nats_overlay()
     def secret_ref(docs: list[Doc]) -> dict[str, Any]:
         return next(s["secretRef"] for s in controller_container(docs)["envFrom"] if "secretRef" in s)
 
-    default = render("overlays/default")
-    assert secret_ref(default) == {"name": "stokehold-nats", "optional": True}
-    assert find(default, "Secret") == []
-    for overlay in ("overlays/nats", "overlays/full"):
+    for overlay in ("overlays/default", "overlays/full"):  # full is default + monitoring: it must not replace your NATS Secret
+        docs = render(overlay)
+        assert secret_ref(docs) == {"name": "stokehold-nats", "optional": True}
+        assert find(docs, "Secret") == []
+    for overlay in ("overlays/nats",):
         docs = render(overlay)
         ref = secret_ref(docs)
         assert ref["optional"] is False

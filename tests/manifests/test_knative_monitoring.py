@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from controller.labels import MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL, VERSION_LABEL
 from controller.metrics import ControllerMetrics
-from controller.sinks.base import MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL, VERSION_LABEL
 from runtimes.metrics import RuntimeMetrics
 from templates.schema import duration_seconds
 from tests.manifests.kustomize import Doc, find, one, render

@@ -22,9 +22,9 @@ class Sizes:
 
 
 SIZES = (
-    Sizes(events=5000, templates=100, trials=10, kills_per_trial=5, fuzz_examples=3000)
+    Sizes(events=5000, templates=100, trials=10, kills_per_trial=5, fuzz_examples=6000)
     if SOAK
-    else Sizes(events=1000, templates=20, trials=3, kills_per_trial=2, fuzz_examples=400)
+    else Sizes(events=1000, templates=20, trials=3, kills_per_trial=2, fuzz_examples=2000)
 )
 SEED = int(os.environ.get("STOKEHOLD_RELIABILITY_SEED", "20261130"))
 

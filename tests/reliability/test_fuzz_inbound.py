@@ -3,9 +3,13 @@
 Every generated message is broken on purpose, one way per example: broken JSON, wrong types,
 unknown fields, huge payloads, missing CloudEvents attributes, bad attribute values, non-JSON
 content types, broken structured envelopes, no CloudEvent at all, a subject that does not
-match the data, or a subject that names no valid template. Each is published to JetStream as
-raw bytes; the test waits for the `event.rejected` carrying that message's stream sequence and
-a reason. Afterwards the same controller process is still alive and still applies a valid event.
+match the data, a subject that names no valid template, values whose quoted echo grows
+(control and escaping characters, up to 150,000 of them), an invalid `ce-id` (CR/LF, NUL,
+over-long), or stream confusion (status events and dead letters on inbound subjects, subjects
+with a stream's tokens where the template goes). Each is published to JetStream as raw bytes;
+the test waits for the `event.rejected` carrying that message's stream sequence and a reason,
+which must be bounded. Afterwards the same controller process is still alive and still
+applies a valid event.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from controller.consumer import MAX_REASON_CHARS
 from events.codec import MAX_PAYLOAD_BYTES, decode, encode
 from events.local_server import LocalNatsServer
 from events.stream import StreamSettings, provision_stream
 from events.types import DeploymentRequested, EventKind, EventRejected, deadletter_subject, template_subject
+from tests.events.samples import sample
 from tests.fixtures.controller_process import ControllerProcess, wait_until
 from tests.fixtures.figures import FiguresRecorder
 from tests.k8s_emulator import KubernetesEmulator
@@ -62,6 +68,7 @@ class FuzzTarget:
     def __init__(self, loop: LoopThread, nc: NatsClient, controller: ControllerProcess, emulator: KubernetesEmulator) -> None:
         self.loop, self.nc, self.controller, self.emulator = loop, nc, controller, emulator
         self.dead_letters: dict[int, str] = {}
+        self.largest_dead_letter = 0
         self.published: Counter[str] = Counter()
         self.missing: list[str] = []
         self._lock = threading.Lock()
@@ -72,6 +79,7 @@ class FuzzTarget:
         if event.data.stream_sequence is not None:
             with self._lock:
                 self.dead_letters[event.data.stream_sequence] = event.data.reason
+                self.largest_dead_letter = max(self.largest_dead_letter, len(msg.data))
 
     def publish(self, subject: str, headers: dict[str, str], payload: bytes) -> int:
         async def go() -> int:
@@ -123,6 +131,27 @@ assert VERSION.kind is EventKind.VERSION_PUBLISHED and REQUEST.kind is EventKind
 CE_REQUIRED = ("ce-id", "ce-source", "ce-type", "ce-specversion")
 NOT_JSON_TYPES = ["text/plain", "application/xml", "application/octet-stream", "image/png", "application/cloudevents+xml"]
 NOT_JSON_TYPES += ["application/cloudevents-batch+json", "multipart/form-data"]
+# characters whose quoted echo (repr, then JSON) grows: one byte became five in a dead letter
+ESCAPING = ["\x7f", "\x00", "\x1b", '"', "\\", "'", "\u2028", "\ufeff"]
+BAD_IDS = ["%0D%0Ainjected: yes", "a%00b", "%0A", "with%20space", "caf%C3%A9", "%7F"]
+OUTBOUND = [kind for kind in EventKind if not kind.inbound]
+CATEGORIES = [
+    "broken_json",
+    "wrong_type",
+    "unknown_field",
+    "huge_payload",
+    "huge_field",
+    "missing_attribute",
+    "bad_attribute",
+    "wrong_content_type",
+    "broken_structured",
+    "not_a_cloudevent",
+    "subject_mismatch",
+    "bad_subject",
+    "escaping_echo",
+    "bad_event_id",
+    "stream_confusion",
+]
 
 
 def fresh_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -168,24 +197,7 @@ def bad_messages(draw: st.DrawFn) -> Message:
     base = draw(st.sampled_from([VERSION, REQUEST]))
     headers, payload, subject = fresh_headers(base.headers), base.payload, base.subject
     data = json.loads(payload)
-    category = draw(
-        st.sampled_from(
-            [
-                "broken_json",
-                "wrong_type",
-                "unknown_field",
-                "huge_payload",
-                "huge_field",
-                "missing_attribute",
-                "bad_attribute",
-                "wrong_content_type",
-                "broken_structured",
-                "not_a_cloudevent",
-                "subject_mismatch",
-                "bad_subject",
-            ]
-        )
-    )
+    category = draw(st.sampled_from(CATEGORIES))
     if category == "broken_json":
         cut = draw(st.integers(min_value=0, max_value=len(payload) - 1))
         payload = payload[:cut] + draw(st.sampled_from([b"", b",", b"\x00", b"\xff\xfe", b"'"]))  # an object never closed
@@ -254,6 +266,29 @@ def bad_messages(draw: st.DrawFn) -> Message:
             )
         )
         subject = draw(st.sampled_from([f"{ROOT}.templates.{token}.{base.kind.value}", f"{ROOT}.templates.{TEMPLATE}.{token.lower()}"]))
+    elif category == "escaping_echo":
+        text = draw(st.sampled_from(ESCAPING)) * draw(st.integers(min_value=1_000, max_value=150_000))
+        if base is REQUEST:
+            data[draw(st.sampled_from(["namespace", "name"]))] = text
+        elif draw(st.booleans()):
+            data["spec"]["engine"]["vllm_args"] = {text: 1}
+        else:
+            data["template"]["labels"] = draw(st.sampled_from([{text: "v"}, {"team": text}]))
+        payload = json.dumps(data, ensure_ascii=False).encode()
+    elif category == "bad_event_id":
+        headers["ce-id"] = draw(st.one_of(st.sampled_from(BAD_IDS), st.integers(257, 60_000).map(lambda n: "x" * n)))
+    elif category == "stream_confusion":
+        variant = draw(st.sampled_from(["outbound_type", "stream_token", "extra_tokens"]))
+        if variant == "outbound_type":  # a status event or a dead letter, well formed, on an inbound subject
+            kind = draw(st.sampled_from(OUTBOUND))
+            headers, payload = encode(kind, sample(kind), source=SOURCE, subject_template=TEMPLATE)
+            headers = fresh_headers(headers)
+            subject = f"{ROOT}.templates.{TEMPLATE}.{kind.value}"
+        elif variant == "stream_token":  # where the template goes: a token of the other streams' subjects
+            token = draw(st.sampled_from(["status", "deadletter", "templates", ROOT]))
+            subject = f"{ROOT}.templates.{token}.{base.kind.value}"
+        else:
+            subject = draw(st.sampled_from([f"{base.subject}.extra", f"{ROOT}.templates.{ROOT}.templates.{TEMPLATE}.{base.kind.value}"]))
     return category, subject, headers, payload
 
 
@@ -282,6 +317,7 @@ def test_every_broken_inbound_message_is_dead_lettered_with_a_reason(target: Fuz
         if reason is None:
             target.missing.append(f"{category}: sequence {sequence} on {subject} has no dead letter")
         assert reason, f"{category}: no dead letter for the message at stream sequence {sequence} on {subject}"
+        assert len(reason) <= MAX_REASON_CHARS, f"{category}: a reason of {len(reason)} characters"
 
     try:
         one_broken_message()
@@ -305,8 +341,9 @@ def test_every_broken_inbound_message_is_dead_lettered_with_a_reason(target: Fuz
             lost=len(target.missing),
             trials=1,
             categories=len(target.published),
+            largest_dead_letter_bytes=target.largest_dead_letter,
         )
     print("examples by category:", dict(sorted(target.published.items())))
     assert alive, target.controller.log_tail()
     assert applied == 1, target.controller.log_tail()
-    assert len(target.published) == 12, target.published  # every kind of breakage was tried
+    assert len(target.published) == len(CATEGORIES), target.published  # every kind of breakage was tried

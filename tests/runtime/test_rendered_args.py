@@ -14,8 +14,8 @@ from unittest import mock
 
 import pytest
 
-from controller.config import RenderConfig
 from controller.render import render_inference_service
+from controller.render_config import RenderConfig
 from controller.state import Deployment
 from runtimes.defaults import RequestDefaults, chat_template_for, generation_overrides
 from runtimes.engine_args import MODEL_DIR

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from controller.config import RenderConfig
+from controller.render_config import RenderConfig
 from runtimes.launcher import DEFAULT_PORT
 from templates.catalog import load_catalog
 from tests.manifests.kustomize import MANIFESTS, one, problems_of, render_dir
@@ -40,7 +40,8 @@ def test_both_runtimes_render_valid_and_match_the_controller(runtimes: list[dict
 def test_single_node_runtime(runtimes: list[dict[str, Any]]) -> None:
     runtime = one(runtimes, "ClusterServingRuntime", "stokehold-vllm-ray")
     spec, main = runtime["spec"], container(runtime)
-    assert {(f["name"], f["autoSelect"]) for f in spec["supportedModelFormats"]} == {("vllm", True), ("huggingface", True)}
+    # never auto-selected: only services that name the runtime run here (tests/admission)
+    assert {(f["name"], f["autoSelect"]) for f in spec["supportedModelFormats"]} == {("vllm", False), ("huggingface", False)}
     assert main["command"] == ["python3", "-m", "runtimes", "head"]
     assert main["ports"] == [{"name": "http1", "containerPort": DEFAULT_PORT, "protocol": "TCP"}]  # Knative: one http1 port
     assert main["livenessProbe"]["httpGet"]["path"] == "/health"

@@ -1,13 +1,15 @@
 """The runtime with the real vLLM engine on the CPU, driven by the official openai SDK.
 
-One server for the whole module (API key on, max concurrency 2, template defaults set), so
-that every path is tested on it; the SIGTERM test runs last because it stops the server.
+One server for the whole module (API key from a key file as the controller mounts it, max
+concurrency 2, a 3 s body timeout, a 1 MiB body cap, template defaults set), so that every path is
+tested on it; the SIGTERM test runs last because it stops the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from tokenizers import Tokenizer
 
 from runtimes.local import LocalServer, free_port, runtime_command
 from tests.fixtures.figures import FiguresRecorder
+from tests.runtime.rawhttp import RawConnection, RawResponse
 
 pytestmark = pytest.mark.vllm
 
@@ -30,19 +33,37 @@ MAX_CONCURRENCY = 2
 DEFAULT_MAX_TOKENS = 7
 STOP_WORD = "Paris"  # a single token of the tiny tokenizer (" Paris")
 PROMPT_FORMAT = "### Instruction:\n{instruction}\n### Response:\n"
-LONG = 1000  # tokens: streams that stay open for seconds
 ERROR_KEYS = {"message", "type", "param", "code"}
+BODY_TIMEOUT_SECONDS = 3
+MAX_BODY_BYTES = 1024 * 1024
+RECURSIVE = {"$ref": "#"}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secret") / "api-key"
+    path.write_text(API_KEY + "\n")
+    return path
+
+
+def write_keys(path: Path, *keys: str) -> None:
+    """Replace the key file as the kubelet replaces a mounted Secret: a new file, swapped in at once."""
+    staged = path.with_name(".staged")
+    staged.write_text("".join(key + "\n" for key in keys))
+    os.replace(staged, path)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, key_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     port = free_port()
     defaults = {"prompt_format": PROMPT_FORMAT, "stop": [STOP_WORD], "sampling": {"max_tokens": DEFAULT_MAX_TOKENS, "temperature": 0.0}}
     env = {
-        "STOKEHOLD_API_KEY": API_KEY,
+        "STOKEHOLD_API_KEY_FILE": str(key_file),
         "STOKEHOLD_MAX_CONCURRENCY": str(MAX_CONCURRENCY),
         "STOKEHOLD_GENERATION_DEFAULTS": json.dumps(defaults),
         "STOKEHOLD_DRAIN_SECONDS": "120",
+        "STOKEHOLD_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT_SECONDS),
+        "STOKEHOLD_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
     }
     command = runtime_command(tiny_model_dir, MODEL, port, "--dtype=float32", "--enforce-eager", "--max-model-len=2048")
     runtime = LocalServer(command, port, tmp_path_factory.mktemp("logs") / "runtime.log", env)
@@ -120,9 +141,9 @@ def test_default_max_tokens_and_temperature_apply_and_the_request_wins(server: L
     assert [r.usage.completion_tokens if r.usage else 0 for r in defaulted] == [DEFAULT_MAX_TOKENS] * 2
     assert defaulted[0].choices[0].text == defaulted[1].choices[0].text  # template temperature 0: greedy
     own = client.completions.create(
-        model=MODEL, prompt="The moon", n=3, max_tokens=3, temperature=1.0, seed=7, extra_body={"ignore_eos": True}
+        model=MODEL, prompt="The moon", n=2, max_tokens=3, temperature=1.0, seed=7, extra_body={"ignore_eos": True}
     )
-    assert own.usage is not None and own.usage.completion_tokens == 3 * 3
+    assert own.usage is not None and own.usage.completion_tokens == 2 * 3
     assert len({c.text for c in own.choices}) > 1  # the request's temperature 1.0 samples
 
 
@@ -203,93 +224,200 @@ def test_metrics_cover_vllm_and_the_runtime(server: LocalServer) -> None:
     assert metric(server, "stokehold_runtime_max_concurrency") == MAX_CONCURRENCY
 
 
+def test_api_key_rotation_takes_effect_without_a_restart(server: LocalServer, key_file: Path) -> None:
+    try:
+        write_keys(key_file, API_KEY, "next-key")  # both, while clients move over
+        assert [m.id for m in sdk(server, key="next-key").models.list().data] == [MODEL]
+        assert [m.id for m in sdk(server).models.list().data] == [MODEL]
+        write_keys(key_file, "next-key")
+        with pytest.raises(openai.AuthenticationError):
+            sdk(server).models.list()
+        reply = sdk(server, key="next-key").completions.create(model=MODEL, prompt="hi", max_tokens=2)
+        assert reply.choices
+    finally:
+        write_keys(key_file, API_KEY)
+    assert [m.id for m in sdk(server).models.list().data] == [MODEL]
+
+
+def test_invocations_is_not_served(server: LocalServer) -> None:
+    """vLLM's SageMaker route skipped the template's defaults (and the request weighing): it is off."""
+    with raw(server) as client:
+        for path in ("/invocations", "/openai/invocations", "/v1/responses", "/v1/chat/completions/batch"):
+            error = assert_openai_error(client.post(path, json={"model": MODEL, "prompt": "hi"}), 404)
+            assert error["code"] == "not_found"
+
+
+def test_n_counts_against_the_concurrency_limit(server: LocalServer) -> None:
+    with pytest.raises(openai.BadRequestError) as many:
+        sdk(server).completions.create(model=MODEL, prompt="x", n=1000, max_tokens=4)
+    assert isinstance(many.value.body, dict) and many.value.body["code"] == "too_many_sequences"
+    with raw(server) as client:
+        listed = client.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 2})
+        assert assert_openai_error(listed, 400)["code"] == "too_many_sequences"
+        assert client.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b"], "max_tokens": 2}).status_code == 200
+
+
+def test_unsatisfiable_json_schemas_get_400_not_500(server: LocalServer) -> None:
+    """`{"$ref": "#"}` compiles to a grammar no output can finish: the engine used to fail the request with 500."""
+    schema_format = {"type": "json_schema", "json_schema": {"name": "r", "schema": RECURSIVE}}
+    needs_itself = {"type": "object", "properties": {"next": {"$ref": "#"}}, "required": ["next"]}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    completion = {"model": MODEL, "prompt": "hi", "max_tokens": 5}
+    requests = [
+        ("/v1/chat/completions", {**chat, "response_format": schema_format}),
+        ("/v1/chat/completions", {**chat, "response_format": schema_format, "stream": True}),
+        ("/v1/completions", {**completion, "structured_outputs": {"json": RECURSIVE}}),
+        ("/v1/completions", {**completion, "structured_outputs": {"json": needs_itself}, "stream": True}),
+        ("/v1/completions", {**completion, "structured_outputs": {"grammar": "root ::= root"}}),
+    ]
+    with raw(server) as client:
+        for path, body in requests:
+            error = assert_openai_error(client.post(path, json=body), 400)
+            assert "cannot be satisfied by any finite output" in error["message"]
+        # a recursive schema with a way out is served
+        may_end = {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object", "properties": {"next": {"$ref": "#"}}}}}
+        served = client.post("/v1/chat/completions", json={**chat, "response_format": may_end})
+        assert served.status_code == 200, served.text
+    with pytest.raises(openai.BadRequestError):
+        sdk(server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], response_format=schema_format)  # type: ignore[arg-type]
+
+
+async def stall(server: LocalServer) -> RawConnection:
+    """A completion that declares 100 bytes of body, sends 10 and stops."""
+    connection = await RawConnection.open(server.port)
+    headers = {"content-type": "application/json", "content-length": "100", "authorization": f"Bearer {API_KEY}"}
+    await connection.start("POST", "/v1/completions", headers)
+    await connection.send_body(b'{"prompt":')
+    return connection
+
+
+async def test_stalled_bodies_lock_nobody_out_and_time_out(server: LocalServer) -> None:
+    stalled = [await stall(server) for _ in range(MAX_CONCURRENCY + 2)]
+    try:
+        reply = await async_sdk(server).completions.create(model=MODEL, prompt="x", max_tokens=2)
+        assert reply.choices  # not 429: a request is counted once its body has arrived
+        answers = [await asyncio.wait_for(connection.response(), 60) for connection in stalled]
+    finally:
+        for connection in stalled:
+            await connection.close()
+    assert [(a.status, a.closed) for a in answers] == [(408, True)] * len(stalled)
+    assert all(json.loads(a.body)["error"]["code"] == "request_timeout" for a in answers)
+    assert metric(server, "stokehold_runtime_rejected_requests_total", reason="body_timeout") >= len(stalled)
+
+
+async def test_a_body_over_the_cap_gets_413_before_it_is_sent(server: LocalServer) -> None:
+    connection = await RawConnection.open(server.port)
+    try:
+        headers = {"content-type": "application/json", "content-length": str(200 * 10**6), "authorization": f"Bearer {API_KEY}"}
+        await connection.start("POST", "/v1/chat/completions", headers)
+        answer = await asyncio.wait_for(connection.response(), 60)
+    finally:
+        await connection.close()
+    assert (answer.status, answer.closed) == (413, True)
+    assert json.loads(answer.body)["error"]["code"] == "request_too_large"
+
+
 OVERFLOW = 6  # requests sent at once while every slot is taken
+HELD_TOKENS = 2000  # per sequence; with MAX_CONCURRENCY sequences and 20 top logprobs a token: ~5.5 MB of events
+HELD_BYTES_PER_TOKEN = 1400  # at least, in the chat stream with 20 top logprobs
 
 
-class HeldRequest:
-    """A completion request whose body is sent but for its last byte until `release()`.
+def send_buffer_max() -> int:
+    """The most a TCP send buffer grows to on this machine (bytes)."""
+    return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
 
-    The server counts it in flight from the moment it arrives, whatever the machine's speed — a
-    long stream on the tiny model may be fully generated (and off the server's books) before a
-    test gets to look, so slots and drains are held this way instead.
+
+class HeldStream:
+    """A streamed chat completion with one sequence per slot (n = the limit) whose client reads nothing until
+    `release()`.
+
+    Its events (several MB) outgrow every socket buffer on the way, so the server's writes wait and
+    the request stays in flight until the client reads — whatever the machine's speed. (A long stream
+    that is read, or a request whose body is held back, does neither: the first may end before a test
+    looks, the second is not admitted until its body arrives.)
     """
 
-    def __init__(self, server: LocalServer, **request: Any) -> None:
-        self._release = asyncio.Event()
-        body = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": 5, **request}).encode()
+    def __init__(self, connection: RawConnection) -> None:
+        self.connection = connection
 
-        async def upload() -> Any:
-            yield body[:-1]
-            await self._release.wait()
-            yield body[-1:]
+    @classmethod
+    async def open(cls, server: LocalServer) -> HeldStream:
+        assert send_buffer_max() < HELD_TOKENS * MAX_CONCURRENCY * HELD_BYTES_PER_TOKEN, "the held stream would fit in a send buffer"
+        body = {
+            "model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "n": MAX_CONCURRENCY, "max_tokens": HELD_TOKENS,
+            "temperature": 1.0, "stream": True, "stop": [], "ignore_eos": True, "logprobs": True, "top_logprobs": 20,
+            "stream_options": {"include_usage": True},
+        }  # fmt: skip
+        connection = await RawConnection.open(server.port, receive_buffer=4096, read_limit=1024)
+        await connection.request("POST", "/v1/chat/completions", json.dumps(body).encode(), {"authorization": f"Bearer {API_KEY}"})
+        return cls(connection)
 
-        self._client = httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120)
-        self.task = asyncio.create_task(
-            self._client.post("/v1/completions", content=upload(), headers={"content-type": "application/json"})
-        )
-
-    async def release(self) -> httpx.Response:
-        self._release.set()
+    async def release(self) -> RawResponse:
         try:
-            return await self.task
+            return await asyncio.wait_for(self.connection.response(), 300)
         finally:
-            await self._client.aclose()
+            await self.connection.close()
 
 
-def streamed(response: httpx.Response) -> tuple[str | None, int]:
-    """The finish reason and completion tokens of a server-sent-events completion."""
-    finish_reason, tokens = None, 0
-    for line in response.text.splitlines():
+def streamed(body: bytes) -> tuple[list[str | None], int]:
+    """The finish reason of each choice and the completion tokens of a server-sent-events chat completion."""
+    finish: dict[int, str | None] = {}
+    tokens = 0
+    for line in body.decode().splitlines():
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
         chunk = json.loads(line.removeprefix("data: "))
-        if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
-            finish_reason = chunk["choices"][0]["finish_reason"]
+        for choice in chunk.get("choices") or []:
+            finish.setdefault(choice["index"], None)
+            if choice.get("finish_reason"):
+                finish[choice["index"]] = choice["finish_reason"]
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
-    return finish_reason, tokens
+    return [finish[index] for index in sorted(finish)], tokens
 
 
-async def hold(server: LocalServer, count: int, **request: Any) -> list[HeldRequest]:
-    held = [HeldRequest(server, **request) for _ in range(count)]
+async def hold(server: LocalServer) -> HeldStream:
+    """Every slot taken by one held stream (the limit counts its n sequences)."""
+    held = await HeldStream.open(server)
     for _ in range(500):
-        if metric(server, "stokehold_runtime_in_flight_requests") == count:
+        if metric(server, "stokehold_runtime_in_flight_sequences") == MAX_CONCURRENCY:
             return held
         await asyncio.sleep(0.02)
-    raise AssertionError(f"the server never counted {count} requests in flight")
+    answer = await held.release()
+    raise AssertionError(f"the server never counted the held stream in flight: {answer.status} {answer.body[:300]!r}")
 
 
-def completed(response: httpx.Response) -> bool:
-    return response.status_code == 200 and bool(response.json()["choices"][0]["text"] is not None)
+def completed(answer: RawResponse) -> bool:
+    every_sequence_to_the_end = (["length"] * MAX_CONCURRENCY, HELD_TOKENS * MAX_CONCURRENCY)
+    return answer.status == 200 and answer.complete and streamed(answer.body) == every_sequence_to_the_end
 
 
 async def test_overload_answers_429_with_retry_after(server: LocalServer, figures: FiguresRecorder) -> None:
     client = async_sdk(server)
     rejected_before = metric(server, "stokehold_runtime_rejected_requests_total", reason="overloaded")
-    held = await hold(server, MAX_CONCURRENCY)
+    held = await hold(server)
     outcomes = await asyncio.gather(
         *(client.completions.create(model=MODEL, prompt="x", max_tokens=2) for _ in range(OVERFLOW)), return_exceptions=True
     )
     limited = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
-    finished = [await request.release() for request in held]
+    finished = await held.release()
     reply = await client.completions.create(model=MODEL, prompt="x", max_tokens=2)  # the slots are free again
-    served = sum(completed(response) for response in finished) + bool(reply.choices)
-    sent = MAX_CONCURRENCY + OVERFLOW + 1
+    served = completed(finished) + bool(reply.choices)
+    sent = 1 + OVERFLOW + 1
     figures.report(published=sent, applied=served, dead_lettered=len(limited), lost=sent - served - len(limited), trials=1)
     assert len(limited) == OVERFLOW, outcomes
     for error in limited:
         assert error.status_code == 429
         assert error.response.headers["retry-after"] == "1"
         assert isinstance(error.body, dict) and error.body["code"] == "rate_limit_exceeded"
-    assert served == MAX_CONCURRENCY + 1
+    assert served == 2
     assert metric(server, "stokehold_runtime_in_flight_requests") == 0
     assert metric(server, "stokehold_runtime_rejected_requests_total", reason="overloaded") - rejected_before == OVERFLOW
 
 
 async def test_sigterm_finishes_open_streams_then_exits_0(server: LocalServer, figures: FiguresRecorder) -> None:
-    """Runs last: Knative's scale-down. New requests get 503, the streams in flight finish, exit code 0."""
-    long_stream = {"max_tokens": LONG, "stream": True, "stop": [], "ignore_eos": True, "stream_options": {"include_usage": True}}
-    held = await hold(server, MAX_CONCURRENCY, **long_stream)
+    """Runs last: Knative's scale-down. New requests get 503, the stream in flight finishes, exit code 0."""
+    held = await hold(server)
     server.terminate()
     async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as h:
         for _ in range(100):  # the signal is asynchronous: wait until the server says it is draining
@@ -301,9 +429,7 @@ async def test_sigterm_finishes_open_streams_then_exits_0(server: LocalServer, f
         refused = await h.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
         error = assert_openai_error(refused, 503)
         assert error["code"] == "draining"
-    answers = [await request.release() for request in held]  # the streams start now, during the drain
-    results = [streamed(answer) for answer in answers]
-    served = sum(result == ("length", LONG) for result in results)
-    figures.report(published=len(held) + 1, applied=served, dead_lettered=1, lost=len(held) - served, trials=1)
-    assert results == [("length", LONG)] * len(held)
+    answer = await held.release()  # the slow client reads its stream only now, during the drain
+    figures.report(published=2, applied=int(completed(answer)), dead_lettered=1, lost=1 - int(completed(answer)), trials=1)
+    assert completed(answer), (answer.status, streamed(answer.body))
     assert await asyncio.to_thread(server.wait, 120) == 0

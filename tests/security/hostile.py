@@ -13,8 +13,8 @@ from typing import Any
 
 from controller.app import Controller
 from controller.cli import build_config
-from controller.config import RenderConfig
-from controller.sinks.base import MANAGED_BY_LABEL, TEMPLATE_LABEL, VERSION_LABEL
+from controller.labels import MANAGED_BY_LABEL, TEMPLATE_LABEL, VERSION_LABEL
+from controller.render_config import RenderConfig
 from events.codec import NATS_MSG_ID
 from templates.catalog import load_catalog
 from tests.k8s_emulator import KubernetesEmulator

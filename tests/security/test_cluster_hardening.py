@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from controller.config import RenderConfig
 from controller.render import render_inference_service
+from controller.render_config import RenderConfig
 from controller.state import Deployment
 from events.publisher import Publisher
 from templates.catalog import load_catalog
@@ -39,6 +39,7 @@ async def _exercise(kube: KubernetesEmulator, nats_url: str) -> None:
     """One controller through its whole life: lead, apply, stop, resume, watch a status, delete, step down."""
     root = f"rbac{next(_runs)}"
     flags = {"leader_election": True, "lease_namespace": LEASE_NAMESPACE, "lease_name": root, "identity": "rbac-probe"}
+    flags |= {"namespaces": [MODEL_NAMESPACE]}
     name = "rbac-chat"
 
     def live() -> dict[str, Any] | None:

@@ -20,10 +20,14 @@ import nats
 import pytest
 from kubernetes.client import CustomObjectsApi
 from nats.aio.msg import Msg
+from pydantic import ValidationError
+from typer.testing import CliRunner
 
-from controller.config import RenderConfig
+from controller.cli import app as controller_cli
+from controller.cli import build_config
 from controller.consumer import InvalidEvent, to_inbound
 from controller.render import render_inference_service
+from controller.render_config import RenderConfig
 from controller.state import Deployment, DesiredState, Rejected
 from events.codec import MAX_PAYLOAD_BYTES, EventDecodeError, decode, encode
 from events.types import EventKind, EventRejected, TemplateVersionPublished, template_subject
@@ -55,6 +59,7 @@ from tests.security.hostile import (
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED = EventKind.VERSION_PUBLISHED
 REQUESTED = EventKind.DEPLOYMENT_REQUESTED
+DELETED = EventKind.VERSION_DELETED
 MANAGED = "llm"
 EXTRA = "Extra inputs are not permitted"
 NOT_A_NAME = "not a valid Kubernetes name"
@@ -305,12 +310,27 @@ def _state_with_team_a() -> DesiredState:
 
 def test_a_namespace_the_controller_does_not_manage_is_rejected() -> None:
     state = _state_with_team_a()
-    with pytest.raises(Rejected, match="namespace 'team-b' is not one the controller manages"):
+    with pytest.raises(Rejected, match="namespace 'team-b' is not one the controller serves: namespaces are opt-in"):
         state.apply(_inbound(TEAM_A, REQUESTED, REQUESTED.ce_type, {"template": TEAM_A, "namespace": "team-b"}, 2))
     for sequence, reserved in enumerate(("kube-system", "stokehold-system"), 3):
         with pytest.raises(Rejected, match=f"namespace '{reserved}' is reserved"):
             state.apply(_inbound(TEAM_A, REQUESTED, REQUESTED.ce_type, {"template": TEAM_A, "namespace": reserved}, sequence))
     assert state.deployments == {}
+
+
+def test_the_controller_serves_no_namespace_it_is_not_given(tmp_path: Path) -> None:
+    dir_sink = {"sink": "dir", "dir": tmp_path}
+
+    with pytest.raises(ValidationError, match="serves only the namespaces it is given, and none is given"):
+        build_config(dir_sink)
+    with pytest.raises(ValidationError, match=r"namespaces \['kserve'\] are reserved"):
+        build_config(dir_sink | {"namespaces": [MANAGED, "kserve"]})
+    result = CliRunner().invoke(controller_cli, ["run", "--sink", "dir", "--dir", str(tmp_path)])
+    allowed = build_config(dir_sink | {"namespaces": [MANAGED], "allow_trust_remote_code": True})
+
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "STOKEHOLD_NAMESPACES" in result.output
+    assert build_config(dir_sink | {"namespaces": [MANAGED]}).allow_trust_remote_code is False, "off unless the platform allows it"
+    assert allowed.allowed_namespaces == {MANAGED} and allowed.allow_trust_remote_code
 
 
 def test_a_subject_cannot_speak_for_another_template() -> None:
@@ -452,9 +472,28 @@ def end_to_end_events() -> list[tuple[str, str, EventKind, str, Any, str]]:
             REQUESTED,
             requested,
             {"template": TEAM_A, "namespace": "team-b"},
-            "is not one the controller manages",
+            "is not one the controller serves",
         ),
         ("reserved namespace", TEAM_A, REQUESTED, requested, {"template": TEAM_A, "namespace": "kube-system"}, "is reserved"),
+        ("the serving stack's namespace", TEAM_A, REQUESTED, requested, {"template": TEAM_A, "namespace": "kserve"}, "is reserved"),
+        ("knative's namespace", TEAM_A, REQUESTED, requested, {"template": TEAM_A, "namespace": "knative-serving"}, "is reserved"),
+        (
+            "remote code with KServe's webhook key",
+            TEAM_A,
+            PUBLISHED,
+            PUBLISHED.ce_type,
+            version_document(
+                version=2,
+                changes={
+                    "spec.engine.trust_remote_code": True,
+                    "spec.storage.hf_token_secret": {"name": "kserve-webhook-server-cert", "key": "tls.key"},
+                },
+            ),
+            "trust_remote_code",
+        ),
+        ("deleting a version never published", TEAM_A, DELETED, DELETED.ce_type, {"template": TEAM_A, "version": 7}, "was never published"),
+        ("a version number that is text", TEAM_A, DELETED, DELETED.ce_type, {"template": TEAM_A, "version": "1"}, "version"),
+        ("a version number that is a boolean", TEAM_A, PUBLISHED, PUBLISHED.ce_type, version_document(version=True), "version"),  # type: ignore[arg-type]
         ("another team's template", TEAM_A, REQUESTED, requested, {"template": TEAM_B, "namespace": MANAGED}, "the subject names template"),
         (
             "forged status event",

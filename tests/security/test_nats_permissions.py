@@ -25,7 +25,17 @@ from events.codec import decode
 from events.local_server import LocalNatsServer, TlsFiles
 from events.options import NatsOptions
 from events.publisher import Publisher, PublishError
-from events.types import STREAM_NAME, DeploymentReady, EventKind, EventRejected, deadletter_subject, status_subject, template_subject
+from events.types import (
+    STREAM_NAME,
+    DeploymentReady,
+    EventKind,
+    EventRejected,
+    deadletter_subject,
+    role_of_subject,
+    status_subject,
+    stream_name,
+    template_subject,
+)
 from tests.fixtures.nats import reset_stream, run_in_thread
 from tests.fixtures.tls import build_pki
 from tests.kube.helpers import eventually
@@ -86,10 +96,12 @@ async def admin(server: LocalNatsServer) -> AsyncIterator[NatsClient]:
 
 
 async def stored(server: LocalNatsServer, subject: str) -> Any | None:
-    """The last event stored on `subject`, decoded, or None."""
+    """The last event stored on `subject` (in the stream that holds its kind), decoded, or None."""
+    role = role_of_subject(subject)
+    assert role is not None, subject
     async with admin(server) as client:
         try:
-            msg = await client.jetstream().get_last_msg(STREAM_NAME, subject)
+            msg = await client.jetstream().get_last_msg(stream_name(role), subject)
         except NotFoundError:
             return None
     return decode(msg.headers, msg.data or b"").data
@@ -164,6 +176,7 @@ async def test_the_controller_works_with_exactly_its_permissions(server: LocalNa
         "nats.tls_ca": str(server.tls.ca) if server.tls else None,
         "sink": "dir",
         "dir": str(tmp_path),
+        "namespaces": ["prod"],
     }
     async with running_controller(flags) as controller:
         assert controller.config.nats.uses_tls

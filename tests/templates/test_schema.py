@@ -153,7 +153,7 @@ def test_every_spec_section_of_the_issue_is_accepted() -> None:
             },
             resources={"gpus": 2, "gpu_type": "nvidia-l4", "cpu": "8", "memory": "48Gi"},
             parallelism={"tensor": 2},
-            scaling={"min_replicas": 0, "max_replicas": 3, "target_concurrency": 4, "keep_hot": "1h30m", "priority": 1},
+            scaling={"min_replicas": 0, "max_replicas": 3, "target_concurrency": 4, "keep_hot": "45m30s", "priority": 1},
             storage={"cache_pvc": "model-cache", "hf_token_secret": {"name": "hf-token"}},
         )
     )
@@ -161,7 +161,7 @@ def test_every_spec_section_of_the_issue_is_accepted() -> None:
     assert (spec.source_scheme, version.served_model_name, spec.total_gpus) == ("pvc", "org/model", 2)
     assert spec.engine.vllm_args == {"enable_chunked_prefill": True, "max-num-batched-tokens": 2048}
     assert spec.generation.prompt_format is not None and spec.generation.prompt_format.endswith("### Response:\n"), "whitespace kept"
-    assert (spec.scaling.keep_hot_seconds, spec.scaling.always_hot) == (5400, False)
+    assert (spec.scaling.keep_hot_seconds, spec.scaling.always_hot) == (2730, False)
     assert spec.storage.hf_token_secret is not None and spec.storage.hf_token_secret.key == "HF_TOKEN"
 
 
@@ -191,3 +191,18 @@ def test_secret_reference_never_echoes_what_was_pasted() -> None:
         parse_version(minimal(storage={"hf_token_secret": {"name": pasted}}))
     assert [field for field, _ in info.value.errors] == ["spec.storage.hf_token_secret.name"]
     assert pasted not in str(info.value)
+
+
+@pytest.mark.parametrize("version", [True, "1", 1.0, 0, 1_000_001, 2**63])
+def test_a_version_number_is_a_strict_whole_number_up_to_the_cap(version: Any) -> None:
+    assert error_fields(minimal() | {"version": version}) == ["version"]
+
+
+def test_unknown_keys_are_named_only_when_they_look_like_field_names() -> None:
+    document = minimal() | {"replicas": 2, "root:$6$salt$hash:19000:0:99999:7::": None}
+
+    with pytest.raises(TemplateValidationError) as info:
+        parse_version(document)
+
+    assert [field for field, _ in info.value.errors] == ["replicas", "<unknown key>"]
+    assert "$6$" not in str(info.value)

@@ -1,0 +1,1 @@
+"""Tests of the benchmarks' own machinery (statistics, core isolation); `make test` runs them with the rest."""

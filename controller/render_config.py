@@ -1,0 +1,99 @@
+"""What rendering needs besides a version and a deployment: `RenderConfig` (pure, no I/O dependencies).
+
+What the cluster looks like to rendered InferenceServices: runtimes, GPU node labels and
+tolerations, the model cache, the cold-start deadline model. A plain model with defaults,
+so golden files do not depend on the environment; `ControllerConfig.render` fills it from
+flags and `STOKEHOLD_RENDER__*` variables.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from templates.schema import LABEL_VALUE_RE, SecretRef
+
+# Knative refuses a revision whose timeoutSeconds exceeds max-revision-timeout-seconds (600 by default):
+# manifests/knative raises it to this, the most request_timeout_s may be.
+MAX_REQUEST_TIMEOUT_S = 3600
+
+# gpu_type in templates → the node label value NVIDIA's GPU feature discovery sets (nvidia.com/gpu.product)
+DEFAULT_GPU_PRODUCTS: dict[str, str] = {
+    "nvidia-t4": "Tesla-T4",
+    "nvidia-l4": "NVIDIA-L4",
+    "nvidia-l40s": "NVIDIA-L40S",
+    "nvidia-a10g": "NVIDIA-A10G",
+    "nvidia-a100-40gb": "NVIDIA-A100-SXM4-40GB",
+    "nvidia-a100-80gb": "NVIDIA-A100-SXM4-80GB",
+    "nvidia-h100-80gb": "NVIDIA-H100-80GB-HBM3",
+}
+
+
+class Toleration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+
+class ColdStart(BaseModel):
+    """How long a first start may take: image pull and start, model download, load into GPU memory.
+
+    Knative kills a revision that is not ready within its progress deadline (10 min by
+    default), which a big model's first start easily exceeds. The deadline is
+    `safety_factor x (base + size/download + size/load)`, clamped to [floor, cap].
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_s: int = Field(default=180, ge=0)
+    download_gb_per_s: float = Field(default=0.1, gt=0)  # ~800 Mbit/s from the hub or object storage
+    load_gb_per_s: float = Field(default=1.0, gt=0)
+    safety_factor: float = Field(default=1.5, ge=1)
+    default_model_size_gb: float = Field(default=15.0, gt=0)  # when a template does not say
+    floor_s: int = Field(default=600, ge=60)
+    cap_s: int = Field(default=3600, ge=60)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ColdStart:
+        if self.floor_s > self.cap_s:
+            raise ValueError(f"floor_s ({self.floor_s}) exceeds cap_s ({self.cap_s})")
+        return self
+
+    def deadline_seconds(self, model_size_gb: float | None, local_source: bool = False) -> int:
+        size = model_size_gb if model_size_gb is not None else self.default_model_size_gb
+        download = 0.0 if local_source else size / self.download_gb_per_s
+        estimate = self.safety_factor * (self.base_s + download + size / self.load_gb_per_s)
+        return int(min(self.cap_s, max(self.floor_s, round(estimate))))
+
+
+class RenderConfig(BaseModel):
+    """What the cluster looks like to rendered InferenceServices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runtime: str = "stokehold-vllm-ray"
+    multinode_runtime: str = "stokehold-vllm-ray-multinode"
+    model_format: str = "vllm"
+    gpu_resource: str = "nvidia.com/gpu"
+    gpu_node_selector_key: str = "nvidia.com/gpu.product"
+    gpu_products: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_GPU_PRODUCTS))
+    gpu_tolerations: list[Toleration] = Field(default_factory=lambda: [Toleration(key="nvidia.com/gpu")])
+    hf_token_secret: SecretRef | None = None  # used when a template names none
+    model_cache_mount: str = "/mnt/model-cache"
+    request_timeout_s: int = Field(default=600, ge=30, le=MAX_REQUEST_TIMEOUT_S)  # over 600: apply manifests/knative
+    cold_start: ColdStart = Field(default_factory=ColdStart)
+    template_label_prefix: str = "template.stokehold.dev"
+    # KServe < 0.16 knows the deployment modes only as Serverless/RawDeployment; 0.16 renamed them Knative/Standard
+    legacy_deployment_modes: bool = False
+
+    @field_validator("gpu_products")
+    @classmethod
+    def _label_values(cls, v: dict[str, str]) -> dict[str, str]:
+        for gpu_type, product in v.items():
+            if len(product) > 63 or not LABEL_VALUE_RE.match(product) or not product:
+                raise ValueError(f"gpu_products[{gpu_type!r}] = {product!r} is not a Kubernetes label value (a nodeSelector value)")
+        return v
