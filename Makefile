@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test test-fast lint typecheck demo bench bench-events bench-controller bench-runtime soak e2e-kind e2e-kind-plan schemas clean
+.PHONY: help venv test test-fast lint typecheck demo bench bench-events bench-controller bench-runtime bench-adapters soak e2e-kind e2e-kind-plan schemas clean
 
 help:
 	@echo "make demo   - local NATS + controller (dir sink) + catalog + tiny model served on CPU + one chat call"
@@ -47,7 +47,7 @@ schemas: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m controller.demo
 
-bench: bench-events bench-controller bench-runtime
+bench: bench-events bench-controller bench-runtime bench-adapters
 
 bench-events: $(STAMP)
 	$(PY) -m bench.events
@@ -57,6 +57,9 @@ bench-controller: $(STAMP)
 
 bench-runtime: $(STAMP)
 	$(PY) -m bench.runtime
+
+bench-adapters: $(STAMP)
+	$(PY) -m bench.adapters
 
 soak: $(STAMP)
 	STOKEHOLD_SOAK=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)

@@ -57,6 +57,7 @@ from events.types import SUBJECT_ROOT, EventKind, inbound_filter
 from templates.catalog import load_catalog
 from tests.fixtures.controller_process import ControllerProcess, wait_until
 from tests.k8s_emulator import INFERENCE_SERVICES, KubernetesEmulator
+from tests.k8s_emulator.server import REQUEST_LOG_SIZE
 from tests.k8s_emulator.store import WatchEvent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,6 +246,14 @@ class Restart:
         return sum(count for verb, count in self.requests.items() if verb in WRITE_VERBS)
 
 
+def request_log_position(emulator: KubernetesEmulator) -> int:
+    """Where the emulator's (bounded) request log ends now, so that the requests after it can all be counted."""
+    position = len(emulator.requests())
+    if position >= REQUEST_LOG_SIZE // 2:
+        raise RuntimeError(f"the emulator's request log holds {position} requests already: what follows might not all be counted")
+    return position
+
+
 def isvc_requests_since(emulator: KubernetesEmulator, start: int) -> Counter[str]:
     return Counter(r.verb for r in emulator.requests()[start:] if r.resource == INFERENCE_SERVICES.plural)
 
@@ -271,14 +280,16 @@ def restart_at_fleet_scale(workdir: Path, templates: int, versions_per_template:
         del live
         console.print(f"fleet: the first controller created {expected:,} InferenceServices in {first_start_s:.0f} s")
 
-        logged_before = len(emulator.requests())
+        logged_before = request_log_position(emulator)
         with controller_process(emulator, nats.url, workdir / "fleet-restart.log", *managed) as second:
             second.wait_ready(300)
             state_rebuilt_s = time.time() - second.started_at
             done = wait_logged(second, "initial reconciliation", 300)
             seconds = since_start(second, done)
-            # the status watcher lists and watches right after: its list is part of the peak
-            wait_until(lambda: isvc_requests_since(emulator, logged_before)["watch"] > 0, "waiting for the status watch", 120, second.alive)
+            # the status watcher lists and watches each namespace right after: its lists are part of the peak
+            wait_until(
+                lambda: isvc_requests_since(emulator, logged_before)["watch"] >= namespaces, "waiting for the watches", 120, second.alive
+            )
             time.sleep(2.0)
             rss = peak_rss_mb(second.pid)
             requests = dict(isvc_requests_since(emulator, logged_before))
@@ -356,7 +367,7 @@ def end_to_end(workdir: Path, emulator: KubernetesEmulator, templates: int, roun
     with LocalNatsServer() as nats:
         asyncio.run(provision(nats.url))
         commits = CommitLog(emulator, E2E_NAMESPACE)
-        logged_before = len(emulator.requests())
+        logged_before = request_log_position(emulator)
         try:
             log = workdir / "e2e.log"
             with controller_process(emulator, nats.url, log, "--namespace", E2E_NAMESPACE, "--log-level", "WARNING") as controller:

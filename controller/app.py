@@ -149,7 +149,8 @@ class Controller:
             if not self._stop.is_set():
                 log.warning("disconnected from NATS")
 
-        return await self.config.nats.connect(reconnected_cb=reconnected, disconnected_cb=disconnected)
+        # a stop (SIGTERM) ends the first connection attempts too, however many are left
+        return await self.config.nats.connect(give_up=self._stop.is_set, reconnected_cb=reconnected, disconnected_cb=disconnected)
 
     async def _ensure_streams(self, js: JetStreamContext) -> None:
         """Create the streams that are missing; existing ones are the operator's and are left as they are.

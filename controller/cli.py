@@ -20,7 +20,7 @@ from controller.config import ControllerConfig
 from controller.logs import configure_logging
 from events.options import NatsConnectError, NatsOptions
 from events.stream import StreamConfigMismatch
-from templates.schema import errors_from
+from templates.schema import error_text
 
 app = typer.Typer(help="The stokehold controller: JetStream events in, KServe InferenceServices out.", no_args_is_help=True)
 
@@ -118,8 +118,7 @@ def run(
             products = {**config.render.gpu_products, **_pairs(gpu_product, "--gpu-product")}
             config = build_config(flags | _root_connection(ctx) | {"render.gpu_products": products})
     except ValidationError as exc:
-        problems = "; ".join(f"{location or '<root>'}: {message}" for location, message in errors_from(exc))
-        log.error("invalid configuration: %s", problems)
+        log.error("invalid configuration: %s", error_text(exc))
         raise typer.Exit(2) from None
     configure_logging(config.log_level)
     log.info(
@@ -142,7 +141,7 @@ def run(
     except (NatsConnectError, StreamConfigMismatch) as exc:
         log.error("cannot start the controller: %s", exc)
         raise typer.Exit(1) from None
-    except asyncio.CancelledError:  # SIGTERM or SIGINT before the connection to NATS was made
+    except StoppedBeforeConnecting:
         log.info("controller stopped before it connected to NATS")
     except Exception:
         log.exception("the controller stopped on an unexpected error")
@@ -181,21 +180,33 @@ def _kubernetes_client(config: ControllerConfig) -> Any:
         raise StartupError(f"{problem}; the kube sink needs one: give --kubeconfig FILE, or use --sink dir --dir DIR") from None
 
 
+class StoppedBeforeConnecting(Exception):
+    """SIGTERM or SIGINT came while the controller was still connecting to NATS: a clean stop."""
+
+
 async def _run(config: ControllerConfig, api_client: Any) -> None:
     from controller.app import Controller
 
     controller = Controller(config, api_client=api_client)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
+    signalled = False
 
     def on_signal() -> None:
-        controller.stop()
+        nonlocal signalled
+        signalled = True
+        controller.stop()  # also ends connection attempts after the one in progress (`give_up`)
         if controller.nc is None and main is not None:  # still connecting (perhaps retrying for minutes): stop that now
             main.cancel()
 
     for sig in (signal.SIGTERM, signal.SIGINT):  # before connecting: a controller always obeys SIGTERM
         loop.add_signal_handler(sig, on_signal)
-    await controller.run()
+    try:
+        await controller.run()
+    except (asyncio.CancelledError, NatsConnectError):
+        if signalled and controller.nc is None:
+            raise StoppedBeforeConnecting from None
+        raise
 
 
 def main() -> None:

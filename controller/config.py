@@ -56,8 +56,8 @@ class ControllerConfig(BaseSettings):
     ack_wait_s: float = Field(default=60.0, gt=0)
     retry_backoff_s: float = Field(default=0.5, gt=0)  # first nak delay; doubles per delivery
     retry_backoff_max_s: float = Field(default=30.0, gt=0)
-    # An event is delivered at most this often (about 8 minutes of retries at the default backoff),
-    # then terminated with a log line and stokehold_controller_gave_up; the desired state it carried
+    # An event whose handling keeps failing is terminated at this delivery (about 8 minutes of retries at
+    # the default backoff) with a log line and stokehold_controller_gave_up; the desired state it carried
     # is kept, and the controller retries the sink by itself until it recovers.
     max_deliveries: int = Field(default=20, ge=2, le=1000)
     resync_interval_s: float = Field(default=600.0, ge=0)  # 0: never re-list the sink

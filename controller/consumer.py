@@ -9,10 +9,10 @@ event that can never succeed is terminated and published as `event.rejected` on 
 dead-letter subject with the reason. Nothing here raises on bad input.
 
 Poison ends: a dead letter is bounded (reason and echoed attributes clipped), so it
-always fits the stream; an event is delivered at most `max_deliveries` times, and its
-last delivery terminates it with a log line and `stokehold_controller_gave_up` (a sink
-outage loses nothing by that: the event is in the desired state already, and the
-controller retries the sink by itself). A rejected event changed nothing, so it is also
+always fits the stream; an event whose handling fails is retried until its
+`max_deliveries`-th delivery, which terminates it with a log line and
+`stokehold_controller_gave_up` (a sink outage loses nothing by that: the event is in the
+desired state already, and the controller retries the sink by itself). A rejected event changed nothing, so it is also
 deleted from the desired-state stream: junk does not hold the stream's capacity.
 """
 
@@ -125,19 +125,23 @@ class EventConsumer:
         self._limit = asyncio.Semaphore(config.concurrency)
         self._tails: dict[str, asyncio.Task[None]] = {}  # template → its latest group task, while one runs
         self._rebuilt = False
+        self._reduced: set[int] = set()  # sequences reduced since the last rebuild and not settled yet
+        self._state_gate = asyncio.Lock()  # held while a rebuild replaces the state: no event is reduced meanwhile
         self._deletions_allowed = True  # see `_probe_deletions`
         self._deletions: set[asyncio.Task[None]] = set()
         self._deletion_slots = asyncio.Semaphore(DELETIONS_IN_FLIGHT)
 
     # --------------------------------------------------------------- rebuild
 
-    async def rebuild(self) -> int:
+    async def rebuild(self, into: DesiredState | None = None) -> int:
         """Reduce every inbound event after the state's high-water mark, up to the end of the stream.
 
         Reads with an ephemeral, unacknowledged consumer; returns the number of events read.
+        `into`: another state to reduce into (a rebuild from scratch beside the live one).
         """
+        state = self.state if into is None else into
         started = time.perf_counter()
-        start = self.state.stream_position + 1
+        start = state.stream_position + 1
         sub = await self.js.pull_subscribe(
             self._filter,
             stream=self.config.stream,
@@ -161,15 +165,17 @@ class EventConsumer:
                 for msg in msgs:
                     metadata = msg.metadata
                     pending = metadata.num_pending
-                    self.state.stream_position = max(self.state.stream_position, metadata.sequence.stream)
+                    state.stream_position = max(state.stream_position, metadata.sequence.stream)
                     read += 1
                     # an invalid or rejected event is dead-lettered when the durable consumer delivers it
                     with contextlib.suppress(InvalidEvent, Rejected):
-                        self.state.apply(to_inbound(msg.subject, msg.headers, msg.data, metadata.sequence.stream, self.config.subject_root))
+                        state.apply(to_inbound(msg.subject, msg.headers, msg.data, metadata.sequence.stream, self.config.subject_root))
         finally:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await sub.unsubscribe()
-        await self._forget_settled_rejections()
+        await self._forget_settled_rejections(state)
+        if into is not None:
+            return read
         elapsed = time.perf_counter() - started
         self.metrics.rebuild_seconds.set(elapsed)
         self._observe_state()
@@ -186,12 +192,40 @@ class EventConsumer:
         )
         return read
 
-    async def _forget_settled_rejections(self) -> None:
+    async def _forget_settled_rejections(self, state: DesiredState) -> None:
         try:
             info = await self.js.consumer_info(self.config.stream, self.config.durable)
         except nats.js.errors.NotFoundError:
             return
-        self.state.settled_through(info.ack_floor.stream_seq if info.ack_floor else 0)
+        state.settled_through(info.ack_floor.stream_seq if info.ack_floor else 0)
+
+    def _out_of_order(self, event: InboundEvent) -> bool:
+        """A first delivery below its template's high-water mark: a later event of the template was reduced first.
+
+        JetStream delivers a template's events in order, but a delivery can be lost on the way (a
+        slow-consumer cut, a reconnect) and come back after its ack wait, when later ones were handled.
+        Reducing it late would apply it out of order; skipping it as a redelivery would lose it.
+        """
+        sequence, template = event.sequence, event.subject_template
+        if template is None or sequence <= self.state.stream_position or sequence > self.state.high_water.get(template, 0):
+            return False
+        return sequence not in self._reduced and sequence not in self.state.rejections
+
+    async def _rebuild_in_order(self, event: InboundEvent) -> None:
+        """Rebuild the state from the stream, in order, beside the live one; then swap it in."""
+        async with self._state_gate:
+            if not self._out_of_order(event):
+                return  # another group's rebuild took care of it
+            log.warning(
+                "an event of %s arrived after later ones (a delivery lost on the way): rebuilding the state from the stream",
+                event.subject_template,
+                extra={"stream_sequence": event.sequence},
+            )
+            fresh = self.state.cleared()
+            await self.rebuild(into=fresh)
+            self.state.take(fresh)
+            self._reduced.clear()
+            self.metrics.order_rebuilds.inc()
 
     # --------------------------------------------------------------- consume
 
@@ -207,7 +241,10 @@ class EventConsumer:
                 deliver_policy=DeliverPolicy.ALL,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.config.ack_wait_s,
-                max_deliver=self.config.max_deliveries,
+                # not JetStream's max_deliver: it also counts deliveries that never reached the handler (an
+                # expired ack wait, a slow-consumer drop) and would then drop a valid event unprocessed; the
+                # limit is the controller's own, on attempts that failed (`_retry`)
+                max_deliver=-1,
                 max_ack_pending=max(1000, self.config.fetch_batch * 4),
             ),
         )
@@ -292,7 +329,12 @@ class EventConsumer:
                 msg = delivery.msg
                 delivery.event = to_inbound(msg.subject, msg.headers, msg.data, delivery.sequence, self.config.subject_root)
                 delivery.event_type = delivery.event.kind.ce_type
-                delivery.change = self.state.apply(delivery.event)
+                if self._out_of_order(delivery.event):
+                    await self._rebuild_in_order(delivery.event)
+                async with self._state_gate:
+                    delivery.change = self.state.apply(delivery.event)
+                if delivery.change is not Change.ALREADY_APPLIED:
+                    self._reduced.add(delivery.sequence)
             except InvalidEvent as exc:
                 delivery.event_type = exc.event_type
                 await self._reject(delivery, exc.reason, exc.event_id, changed_nothing=True)
@@ -320,7 +362,7 @@ class EventConsumer:
                 await self._reject(delivery, f"cannot apply {key[0]}/{key[1]}: {failure}", None, changed_nothing=False)
                 continue
             await self._settle(delivery.msg.ack())
-            self.state.settled(delivery.sequence)
+            self._settled(delivery.sequence)
             outcome = "applied" if result.writes else "unchanged"
             self._count(delivery, "redelivered" if delivery.change is Change.ALREADY_APPLIED else outcome)
             await self._answer(delivery)
@@ -359,7 +401,7 @@ class EventConsumer:
             await self._retry(delivery, "dead_letter")
             return
         await self._settle(delivery.msg.term())
-        self.state.settled(delivery.sequence)
+        self._settled(delivery.sequence)
         self.metrics.dead_letters.inc()
         self._count(delivery, "rejected")
         if changed_nothing:
@@ -375,7 +417,7 @@ class EventConsumer:
                 extra={"subject": clip(delivery.msg.subject, MAX_ECHO_CHARS), "stream_sequence": delivery.sequence},
             )
             await self._settle(delivery.msg.term())
-            self.state.settled(delivery.sequence)
+            self._settled(delivery.sequence)
             self.metrics.gave_up.labels(why).inc()
             self._count(delivery, "gave_up")
             return
@@ -422,6 +464,10 @@ class EventConsumer:
     async def _finish_deletions(self) -> None:
         if self._deletions:
             await asyncio.wait(set(self._deletions), timeout=DELETE_TIMEOUT_S)
+
+    def _settled(self, sequence: int) -> None:
+        self.state.settled(sequence)
+        self._reduced.discard(sequence)
 
     async def _settle(self, acknowledgement: Awaitable[None]) -> None:
         try:

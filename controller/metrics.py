@@ -27,6 +27,11 @@ class ControllerMetrics:
             ["reason"],
             registry=r,
         )
+        self.order_rebuilds = Counter(
+            "stokehold_controller_order_rebuilds",
+            "State rebuilds from the stream because an event arrived after later ones of its template (a delivery lost on the way)",
+            registry=r,
+        )
         self.kept_objects = Gauge(
             "stokehold_controller_kept_objects",
             "Managed objects kept although the desired state has nothing for them (waiting for an explicit deployment.deleted)",

@@ -106,6 +106,7 @@ class Reconciler:
         self.metrics = metrics or ControllerMetrics()
         self.sink_name = sink_name
         self.live: dict[DeploymentKey, LiveObject] = {}
+        self._live_of: dict[str, set[DeploymentKey]] = {}  # template → keys of its live objects (a resync asks for each)
         self.unsettled: set[str] = set()  # templates whose last reconciliation must be retried (sink unavailable)
         self.troubled = asyncio.Event()  # set while `unsettled` is not empty
         self._kept: set[DeploymentKey] = set()  # kept objects already reported
@@ -115,7 +116,9 @@ class Reconciler:
     async def prime(self) -> int:
         """Fill the live-hash cache from the sink; returns the number of managed objects."""
         objects = await self.sink.list_managed()
-        self.live = {_key(obj): LiveObject.of(obj) for obj in objects}
+        self.live, self._live_of = {}, {}
+        for obj in objects:
+            self._set_live(_key(obj), LiveObject.of(obj))
         return len(self.live)
 
     async def reconcile_all(self, stop: asyncio.Event | None = None) -> ReconcileResult:
@@ -190,7 +193,7 @@ class Reconciler:
                 result.failures[key] = str(exc)
                 await self._report_failed(deployment, version.version, str(exc))
 
-        stale = [key for key, live in self.live.items() if live.template == template and key not in desired and key not in result.failures]
+        stale = sorted(self._live_of.get(template, set()) - desired.keys() - result.failures.keys())
         for key in stale:
             if not self.state.removal_allowed(key, template):
                 await self._keep(template, key, result)
@@ -246,6 +249,16 @@ class Reconciler:
             lock = self._template_locks[template] = asyncio.Lock()
         return lock
 
+    def _set_live(self, key: DeploymentKey, live: LiveObject) -> None:
+        self._forget_live(key)
+        self.live[key] = live
+        self._live_of.setdefault(live.template, set()).add(key)
+
+    def _forget_live(self, key: DeploymentKey) -> None:
+        gone = self.live.pop(key, None)
+        if gone is not None:
+            self._live_of[gone.template].discard(key)
+
     def _lock(self, key: DeploymentKey) -> asyncio.Lock:
         lock = self._locks.get(key)
         if lock is None:
@@ -274,14 +287,14 @@ class Reconciler:
                 # The write may have happened (e.g. the API committed it, then the answer timed out):
                 # remember an object of unknown content, so that it is written again while wanted and
                 # deleted if the deployment goes away before that.
-                self.live[key] = LiveObject(template=deployment.template, content_hash=None, version=None, stopped=False)
+                self._set_live(key, LiveObject(template=deployment.template, content_hash=None, version=None, stopped=False))
                 self.metrics.sink_errors.labels("transient").inc()
                 raise
             except PermanentSinkError:
                 self.metrics.sink_errors.labels("permanent").inc()
                 raise
             self.metrics.apply_latency.labels(self.sink_name, action.value).observe(time.perf_counter() - started)
-            self.live[key] = LiveObject.of(obj)
+            self._set_live(key, LiveObject.of(obj))
             self._forget_kept(key)
         reported = action.value
         if action is not ApplyAction.UNCHANGED and before is not None and before.stopped != deployment.stopped:
@@ -312,7 +325,7 @@ class Reconciler:
                 self.metrics.sink_errors.labels("permanent").inc()
                 raise
             self.metrics.apply_latency.labels(self.sink_name, "deleted").observe(time.perf_counter() - started)
-            self.live.pop(key, None)
+            self._forget_live(key)
             self._forget_kept(key)
         if not existed and live.content_hash is None:
             return  # an earlier write that failed had not happened after all: nothing to report

@@ -23,12 +23,17 @@ import bisect
 import contextlib
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
+from events.adapters import AdapterBook, AdapterError, Target
 from events.types import (
+    AdapterVersionDeleted,
+    AdapterVersionPublished,
+    DeploymentAdapterAttached,
+    DeploymentAdapterDetached,
     DeploymentDeleted,
     DeploymentOverrides,
     DeploymentRequested,
@@ -116,6 +121,10 @@ class Change(enum.Enum):
     ALREADY_APPLIED = "already_applied"  # a redelivery: its sequence is at or below the high-water mark
 
 
+# The fields of `DesiredState` that configure it; every other field is reduced from events.
+CONFIGURATION = ("allowed_namespaces", "reserved_namespaces", "allow_trust_remote_code")
+
+
 @dataclass
 class DesiredState:
     """Template versions and requested deployments. Pure: the same events give the same state."""
@@ -133,7 +142,17 @@ class DesiredState:
     # (namespace, name) → template of an explicit deployment.deleted not followed by a new request:
     # the evidence that lets the reconciler delete a live object (see `removal_allowed`)
     _deleted_deployments: dict[DeploymentKey, str] = field(default_factory=dict)
+    adapters: AdapterBook = field(default_factory=AdapterBook)  # adapter versions and each deployment's attachments
     _by_template: dict[str, list[DeploymentKey]] = field(default_factory=dict)  # sorted: the order renders run in
+
+    def cleared(self) -> DesiredState:
+        """The same configuration with nothing reduced: what a rebuild from the stream starts from."""
+        return DesiredState(**{name: getattr(self, name) for name in CONFIGURATION})
+
+    def take(self, other: DesiredState) -> None:
+        """Become `other`, in place (the reconciler and the consumer keep their reference to this one)."""
+        for item in fields(self):
+            setattr(self, item.name, getattr(other, item.name))
 
     # ------------------------------------------------------------------ queries
 
@@ -207,6 +226,13 @@ class DesiredState:
             return self._delete_deployment(data)
         if isinstance(data, DeploymentStopped | DeploymentResumed):
             return self._set_stopped(data, event, stopped=isinstance(data, DeploymentStopped))
+        if isinstance(data, AdapterVersionPublished | AdapterVersionDeleted | DeploymentAdapterAttached | DeploymentAdapterDetached):
+            deployment = self.deployments.get(data.key) if isinstance(data, DeploymentAdapterAttached | DeploymentAdapterDetached) else None
+            target = self.adapter_target(deployment)
+            try:
+                return Change.CHANGED if self.adapters.apply(data, target) else Change.UNCHANGED
+            except AdapterError as exc:
+                raise Rejected(str(exc)) from None
         raise Rejected(f"{event.kind.ce_type} is not an inbound event type")  # pragma: no cover - decode forbids it
 
     def _publish(self, version: TemplateVersionPublished) -> Change:
@@ -239,6 +265,13 @@ class DesiredState:
         removed = self.versions.remove(data.template, data.version)
         self._deleted_versions.setdefault(data.template, set()).add(data.version)
         return Change.CHANGED if removed is not None else Change.UNCHANGED
+
+    def adapter_target(self, deployment: Deployment | None) -> Target | None:
+        """What adapters of a deployment must fit: its template, the version it serves, that version's LoRA limits."""
+        version = None if deployment is None else self.version_for(deployment)
+        if deployment is None or version is None:
+            return None
+        return Target(deployment.template, version.version, version.spec.engine.lora, version.served_model_name)
 
     def _request(self, data: DeploymentRequested, event: InboundEvent) -> Change:
         key = data.key
@@ -275,8 +308,15 @@ class DesiredState:
             sequence=event.sequence,
             event_id=event.event_id,
         )
+        adapters_changed = False
+        if data.adapters is not None:
+            probe = replace(deployment, stopped=False)
+            try:
+                adapters_changed = self.adapters.apply(data, self.adapter_target(probe))
+            except AdapterError as exc:
+                raise Rejected(str(exc)) from None
         if existing is not None and _same_request(existing, deployment):
-            return Change.UNCHANGED
+            return Change.CHANGED if adapters_changed else Change.UNCHANGED
         self._put(deployment)
         return Change.CHANGED
 
@@ -289,6 +329,7 @@ class DesiredState:
         if existing is None:
             return Change.UNCHANGED
         self.deployments.pop(key)
+        self.adapters.forget(key)
         self._by_template[existing.template].remove(key)
         return Change.CHANGED
 

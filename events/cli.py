@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import typer
 
+from events.adapters_cli import app as adapters_app
 from events.commands import ContentMode, Session, commands_app, console, events_app, fail, stream_app
 from events.types import SOURCE_DEFAULT
 from templates.cli import app as templates_app
@@ -43,6 +44,7 @@ app.add_typer(commands_app)  # no name: its commands are the root's own (publish
 app.add_typer(templates_app, name="templates")
 app.add_typer(events_app, name="events")
 app.add_typer(stream_app, name="stream")
+app.add_typer(adapters_app, name="adapters")
 
 
 def _version(value: bool) -> None:

@@ -48,7 +48,7 @@ from events.types import (
     template_subject,
 )
 from templates.naming import is_dns1123_label
-from templates.schema import ModelTemplateVersion, errors_from
+from templates.schema import ModelTemplateVersion, error_text, errors_from
 
 Mode = Literal["binary", "structured"]
 
@@ -102,8 +102,7 @@ class EventDataError(ValueError):
     def __init__(self, kind: EventKind, errors: list[tuple[str, str]]) -> None:
         self.kind = kind
         self.errors = errors
-        details = "; ".join(f"{path or '<root>'}: {message}" for path, message in errors)
-        super().__init__(f"invalid {kind.value} event: {details}")
+        super().__init__(f"invalid {kind.value} event: {error_text(errors)}")
 
 
 class DecodedEvent(NamedTuple):
@@ -400,8 +399,7 @@ def _validated(event: BaseCloudEvent, *, has_time: bool, mode: Mode) -> DecodedE
         model = DATA_MODELS[kind].model_validate(data)
     except ValidationError as exc:
         errors = errors_from(exc)
-        details = "; ".join(f"{path or '<root>'}: {message}" for path, message in errors)
-        raise EventDecodeError(f"data does not match {event_type}: {details}", event_id, event_type, errors) from None
+        raise EventDecodeError(f"data does not match {event_type}: {error_text(errors)}", event_id, event_type, errors) from None
     except RecursionError:
         raise EventDecodeError("data is nested too deeply", event_id, event_type) from None
     declared_hash = event.get_extension(HASH_EXTENSION)

@@ -102,11 +102,15 @@ def status_rows(summaries: list[DeploymentSummary]) -> list[list[Cell]]:
             row.template,
             str(row.version) if row.version is not None else "latest",
             Text(row.phase, style=_PHASE_STYLES.get(row.phase, "cyan")),
-            row.url or row.reason or "",
+            " ".join(filter(None, [row.url or row.reason, _adapters(row.adapters)])),
             _moment(row.updated),
         ]
         for row in summaries
     ]
+
+
+def _adapters(adapters: dict[str, str]) -> str:
+    return ("adapters: " + ", ".join(f"{name} {state}" for name, state in adapters.items())) if adapters else ""
 
 
 def rejection_rows(rejections: list[Rejection]) -> list[list[Cell]]:

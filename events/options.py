@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -195,8 +196,13 @@ class NatsOptions(BaseSettings):
             kwargs["tls_handshake_first"] = self.tls_handshake_first
         return kwargs
 
-    async def connect(self, **client_options: Any) -> NatsClient:
-        """A connected nats-py client. `client_options` pass through (e.g. `disconnected_cb`)."""
+    async def connect(self, *, give_up: Callable[[], bool] | None = None, **client_options: Any) -> NatsClient:
+        """A connected nats-py client. `client_options` pass through (e.g. `disconnected_cb`).
+
+        `give_up`, asked after each failed attempt, ends the attempts when it says so (e.g. the
+        process was told to stop): cancelling alone is not enough, as asyncio.wait_for in Python
+        3.11 may swallow a cancellation that races an attempt's end, and the attempts go on.
+        """
         client = _TlsOnlyClient() if self.uses_tls else NatsClient()
         failures: list[Exception] = []
         connected = False
@@ -206,6 +212,8 @@ class NatsOptions(BaseSettings):
                 log.warning("NATS: %s", _describe(exc))
                 return
             failures.append(exc)
+            if give_up is not None and give_up():
+                raise _GiveUp from None
             if isinstance(exc, ssl.SSLCertVerificationError | TlsNotStartedError) or _is_auth_failure(exc):
                 # Retrying cannot help: a downgrade is refused at once, credentials refused on a first
                 # connection stay refused, and after a failed certificate check nats-py would wait

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from events.codec import DecodedEvent
 from events.types import (
+    AdapterLoadStatusData,
     DeploymentApplied,
     DeploymentFailed,
     DeploymentLoadStatus,
@@ -38,6 +39,7 @@ class DeploymentSummary(BaseModel):
     updated: datetime | None = None
     event_id: str
     content_hash: str | None = None  # of the object the latest status event is about
+    adapters: dict[str, str] = {}  # adapter → its load status on the replicas, e.g. "alpha@1": "SUCCEEDED 2/2"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -72,8 +74,16 @@ _APPLIED_PHASE = {"stopped": "Stopped", "deleted": "Deleted", "kept": "Kept"}
 def summarize(events: Iterable[DecodedEvent]) -> list[DeploymentSummary]:
     """One summary per (namespace, name), from events in stream order; other kinds are skipped."""
     latest: dict[tuple[str, str], DeploymentSummary] = {}
+    replicas: dict[tuple[str, str], dict[str, dict[str, LoadStatus]]] = {}  # deployment → adapter → replica → status
     for event in events:
         data = event.data
+        if isinstance(data, AdapterLoadStatusData):
+            by_adapter = replicas.setdefault((data.namespace, data.name), {})
+            for other, statuses in by_adapter.items():  # a replica serves one version of an adapter
+                if other.partition("@")[0] == data.adapter:
+                    statuses.pop(data.replica, None)
+            by_adapter.setdefault(f"{data.adapter}@{data.adapter_version}", {})[data.replica] = data.status
+            continue
         if not isinstance(data, DeploymentApplied | DeploymentReady | DeploymentFailed | DeploymentLoadStatus):
             continue
         key = (data.namespace, data.name)
@@ -107,7 +117,18 @@ def summarize(events: Iterable[DecodedEvent]) -> list[DeploymentSummary]:
             fields["reason"] = data.reason
             fields["phase"] = _load_phase(data.status, previous)
         latest[key] = DeploymentSummary.model_validate(fields)
+    for key, by_adapter in replicas.items():
+        if key in latest:
+            shown = {name: _adapter_cell(statuses) for name, statuses in sorted(by_adapter.items()) if statuses}
+            latest[key] = latest[key].model_copy(update={"adapters": shown})
     return [latest[key] for key in sorted(latest)]
+
+
+def _adapter_cell(statuses: dict[str, LoadStatus]) -> str:
+    """The worst status across replicas, with how many replicas report it."""
+    order = [LoadStatus.FAILED, LoadStatus.LOADING, LoadStatus.REQUESTED, LoadStatus.SUCCEEDED]
+    worst = min(statuses.values(), key=order.index)
+    return f"{worst.value} {sum(1 for s in statuses.values() if s is worst)}/{len(statuses)}"
 
 
 def _load_phase(status: LoadStatus, previous: DeploymentSummary | None) -> str:

@@ -51,11 +51,16 @@ class EventKind(enum.StrEnum):
     DEPLOYMENT_DELETED = "deployment.deleted"
     DEPLOYMENT_STOPPED = "deployment.stopped"
     DEPLOYMENT_RESUMED = "deployment.resumed"
+    ADAPTER_PUBLISHED = "adapter.version.published"
+    ADAPTER_DELETED = "adapter.version.deleted"
+    ADAPTER_ATTACHED = "deployment.adapter.attached"
+    ADAPTER_DETACHED = "deployment.adapter.detached"
     # outbound
     DEPLOYMENT_APPLIED = "deployment.applied"
     DEPLOYMENT_READY = "deployment.ready"
     DEPLOYMENT_FAILED = "deployment.failed"
     LOAD_STATUS = "deployment.load_status"
+    ADAPTER_LOAD_STATUS = "deployment.adapter.load_status"
     EVENT_ACCEPTED = "event.accepted"
     EVENT_REJECTED = "event.rejected"
 
@@ -82,8 +87,13 @@ INBOUND_KINDS = frozenset(
         EventKind.DEPLOYMENT_DELETED,
         EventKind.DEPLOYMENT_STOPPED,
         EventKind.DEPLOYMENT_RESUMED,
+        EventKind.ADAPTER_PUBLISHED,
+        EventKind.ADAPTER_DELETED,
+        EventKind.ADAPTER_ATTACHED,
+        EventKind.ADAPTER_DETACHED,
     }
 )
+ADAPTER_KINDS = frozenset({EventKind.ADAPTER_PUBLISHED, EventKind.ADAPTER_DELETED, EventKind.ADAPTER_ATTACHED, EventKind.ADAPTER_DETACHED})
 
 
 class _Data(BaseModel):
@@ -183,6 +193,17 @@ class DeploymentRequested(_DeploymentRef):
 
     version: int | None = Field(default=None, strict=True, ge=1, le=VERSION_MAX)
     overrides: DeploymentOverrides = Field(default_factory=DeploymentOverrides)
+    # None: keep the adapters attached now; a list (even empty) is the whole set, each `name` (latest) or `name@version`
+    adapters: list[Annotated[str, StringConstraints(max_length=80)]] | None = Field(default=None, max_length=64)
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            names = [parse_adapter_ref(ref)[0] for ref in value]
+            if len(set(names)) != len(names):
+                raise ValueError("adapters names an adapter twice")
+        return value
 
     @model_validator(mode="after")
     def _service_name(self) -> DeploymentRequested:
@@ -193,6 +214,108 @@ class DeploymentRequested(_DeploymentRef):
 
 class DeploymentDeleted(_DeploymentRef):
     pass
+
+
+# ---------------------------------------------------------------- adapters
+
+ADAPTER_SCHEMES = ("hf", "s3", "pvc")  # or a relative path inside the model cache
+ADAPTER_RANK_MAX = 512
+
+
+def parse_adapter_ref(ref: str) -> tuple[str, int | None]:
+    """`name` (its latest version) or `name@version`."""
+    name, at, number = ref.strip().partition("@")
+    check_dns_label(name, "adapter")
+    if not at:
+        return name, None
+    if not number.isdigit() or not 1 <= int(number) <= VERSION_MAX:
+        raise ValueError(f"adapter {ref!r}: the version after @ must be a number from 1 to {VERSION_MAX}")
+    return name, int(number)
+
+
+def check_adapter_source(source: str) -> str:
+    """An allow-listed scheme, or a relative path that stays inside the model cache."""
+    scheme, sep, rest = source.partition("://")
+    if sep:
+        if scheme not in ADAPTER_SCHEMES:
+            allowed = ", ".join(f"{s}://" for s in ADAPTER_SCHEMES)
+            raise ValueError(
+                f"source scheme {scheme + '://'!r} is not allowed for adapters (allowed: {allowed}, or a path in the model cache)"
+            )
+        path = rest
+    else:
+        if source.startswith("/"):
+            raise ValueError(f"source {source!r} must be relative to the model cache (no leading /)")
+        path = source
+    if not path or any(part in {"..", "."} for part in path.split("/")) or "\\" in path:
+        raise ValueError(f"source {source!r} must not contain '..' or '.' segments: an adapter stays inside its location")
+    return source
+
+
+class AdapterVersionPublished(_Data):
+    """Data of `adapter.version.published`: an immutable adapter version for one base template."""
+
+    template: DnsLabel  # the base template (and the subject it travels on)
+    name: DnsLabel
+    version: int = Field(strict=True, ge=1, le=VERSION_MAX)
+    source: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    base_versions: list[Annotated[int, Field(strict=True, ge=1, le=VERSION_MAX)]] | None = Field(default=None, min_length=1)  # None: all
+    rank: int = Field(strict=True, ge=1, le=ADAPTER_RANK_MAX)
+
+    @field_validator("template", "name")
+    @classmethod
+    def _names(cls, v: str) -> str:
+        return check_dns_label(v, "name")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return check_adapter_source(v)
+
+    @property
+    def template_name(self) -> str:
+        return self.template
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def fits(self, template: str, version: int) -> bool:
+        return template == self.template and (self.base_versions is None or version in self.base_versions)
+
+
+class AdapterVersionDeleted(_Data):
+    template: DnsLabel
+    name: DnsLabel
+    version: int = Field(strict=True, ge=1, le=VERSION_MAX)
+
+    @field_validator("template", "name")
+    @classmethod
+    def _names(cls, v: str) -> str:
+        return check_dns_label(v, "name")
+
+    @property
+    def template_name(self) -> str:
+        return self.template
+
+
+class DeploymentAdapterAttached(_DeploymentRef):
+    adapter: DnsLabel
+    version: int | None = Field(default=None, strict=True, ge=1, le=VERSION_MAX)  # None: the adapter's latest
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, v: str) -> str:
+        return check_dns_label(v, "adapter")
+
+
+class DeploymentAdapterDetached(_DeploymentRef):
+    adapter: DnsLabel
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, v: str) -> str:
+        return check_dns_label(v, "adapter")
 
 
 class DeploymentStopped(_DeploymentRef):
@@ -241,6 +364,16 @@ class DeploymentLoadStatus(_DeploymentStatus):
     reason: str | None = None
 
 
+class AdapterLoadStatusData(_DeploymentStatus):
+    """One replica's load status of one adapter (`replica`: its pod or host name)."""
+
+    adapter: str
+    adapter_version: int
+    replica: str
+    status: LoadStatus
+    reason: str | None = None
+
+
 class EventAccepted(_Data):
     """The controller applied an inbound event (acknowledged it): the answer `--wait` follows."""
 
@@ -271,11 +404,25 @@ DATA_MODELS: dict[EventKind, type[BaseModel]] = {
     EventKind.DEPLOYMENT_FAILED: DeploymentFailed,
     EventKind.LOAD_STATUS: DeploymentLoadStatus,
     EventKind.EVENT_ACCEPTED: EventAccepted,
+    EventKind.ADAPTER_PUBLISHED: AdapterVersionPublished,
+    EventKind.ADAPTER_DELETED: AdapterVersionDeleted,
+    EventKind.ADAPTER_ATTACHED: DeploymentAdapterAttached,
+    EventKind.ADAPTER_DETACHED: DeploymentAdapterDetached,
+    EventKind.ADAPTER_LOAD_STATUS: AdapterLoadStatusData,
     EventKind.EVENT_REJECTED: EventRejected,
 }
 
 InboundData = (
-    TemplateVersionPublished | TemplateVersionDeleted | DeploymentRequested | DeploymentDeleted | DeploymentStopped | DeploymentResumed
+    TemplateVersionPublished
+    | TemplateVersionDeleted
+    | DeploymentRequested
+    | DeploymentDeleted
+    | DeploymentStopped
+    | DeploymentResumed
+    | AdapterVersionPublished
+    | AdapterVersionDeleted
+    | DeploymentAdapterAttached
+    | DeploymentAdapterDetached
 )
 
 

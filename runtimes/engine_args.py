@@ -56,6 +56,8 @@ def engine_cli_args(spec: VersionSpec, served_model_name: str) -> list[str]:
         args.append("--trust-remote-code")
     if engine.enable_prefix_caching is not None:
         args.append("--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching")
+    if engine.lora is not None:  # only these limits reach the pod: the adapters themselves arrive as events
+        args += ["--enable-lora", f"--max-loras={engine.lora.max_loras}", f"--max-lora-rank={engine.lora.max_rank}"]
     args += openai_surface_args(spec)
     for key, value in sorted(engine.vllm_args.items()):
         if value is True:

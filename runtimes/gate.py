@@ -31,10 +31,18 @@ KSERVE_PREFIX = "/openai"
 # probes and scraping: never behind the API key, the drain or the limit
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/ping", "/version"})
 # what clients may call (after the prefix is removed); every other route of vLLM's app (SageMaker's
-# /invocations, /v1/responses, /v1/messages, batch, scoring, admin and dev routes) is not served:
+# /invocations, /v1/responses, /v1/messages, batch, admin and dev routes, scoring but on a scoring template) is not served:
 # those would bypass the template's defaults, the request weighing or both
 SERVED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/tokenize", "/detokenize"})
+# a scoring template's routes (vLLM's, Jina's and Cohere's shapes): no defaults apply, and like an embedding
+# request a rerank of many documents is one batched forward pass, so it weighs 1
+SCORE_PATHS = frozenset({"/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score"})
 RETRY_AFTER_SECONDS = 1
+
+
+def served_paths(task: str) -> frozenset[str]:
+    """The routes served for a template's task; vLLM itself answers 404 for those its model lacks (chat on a reranker)."""
+    return SERVED_PATHS | SCORE_PATHS if task == "score" else SERVED_PATHS
 
 
 class _Body(Enum):
@@ -74,8 +82,10 @@ class RuntimeGate:
         defaults: RequestDefaults | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+        served: frozenset[str] = SERVED_PATHS,
     ) -> None:
         self.app = app
+        self.served = served
         self.metrics = metrics
         self.max_concurrency = max_concurrency
         self.api_keys = api_keys
@@ -121,8 +131,8 @@ class RuntimeGate:
                 send, "unauthorized", 401, message, "invalid_request_error", "invalid_api_key", [(b"www-authenticate", b"Bearer")]
             )
             return
-        if path not in SERVED_PATHS:
-            message = f"Invalid URL ({scope['method']} {path}): this server serves {', '.join(sorted(SERVED_PATHS))}."
+        if path not in self.served:
+            message = f"Invalid URL ({scope['method']} {path}): this server serves {', '.join(sorted(self.served))}."
             await self._refuse(send, "not_served", 404, message, "invalid_request_error", "not_found")
             return
         if self.draining:

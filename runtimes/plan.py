@@ -197,7 +197,9 @@ def plan_head(
     # auto without Ray leaves the choice between vLLM's uni- and multi-process executors to vLLM
     if chosen == "ray" or executor == "mp":
         out.append(f"--distributed-executor-backend={chosen}")
-    if settings.task == "embed" and flag_value(argv, RUNNER_FLAGS) is None:
+    # embed and score: the pooling runner; --convert stays auto, as vLLM serves a *ForSequenceClassification cross-encoder
+    # as it is (forcing --convert=classify would wrap it in an adapter meant for causal LMs)
+    if settings.task != "generate" and flag_value(argv, RUNNER_FLAGS) is None:
         out.append("--runner=pooling")
     out += default_engine_args(settings.generation, has_chat_template=flag_value(argv, CHAT_TEMPLATE_FLAGS) is not None)
     return LaunchPlan(vllm_argv=out, executor=chosen, topology=topology, expected_gpus=topology.expected_gpus(on_gpu), model=model)

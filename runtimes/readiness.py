@@ -74,7 +74,7 @@ class ReadinessProbe:
 
 
 def engine_probe(engine_client: object, task: str) -> ProbeFn:
-    """A probe that generates one token (or one embedding) through vLLM's engine client."""
+    """A probe that generates one token (or computes one embedding, or one score) through vLLM's engine client."""
 
     async def generate() -> str:
         from vllm import SamplingParams
@@ -87,16 +87,23 @@ def engine_probe(engine_client: object, task: str) -> ProbeFn:
             raise RuntimeError("the engine finished the probe without a token")
         return "generated a token"
 
-    async def embed() -> str:
+    async def pool(pooling_task: str, what: str) -> str:
         from vllm import PoolingParams
 
-        params = PoolingParams(task="embed")
+        params = PoolingParams(task=pooling_task)  # type: ignore[arg-type]
         outputs = 0
         async for output in engine_client.encode(PROBE_PROMPT, params, f"stokehold-ready-{uuid.uuid4().hex}"):  # type: ignore[attr-defined]
             if output.outputs is not None:
                 outputs += 1
         if outputs < 1:
-            raise RuntimeError("the engine finished the probe without an embedding")
-        return "computed an embedding"
+            raise RuntimeError(f"the engine finished the probe without {what}")
+        return f"computed {what}"
 
-    return embed if task == "embed" else generate
+    async def embed() -> str:
+        return await pool("embed", "an embedding")
+
+    async def score() -> str:
+        # a cross-encoder scores a pair with vLLM's classify task; one text is enough to run the whole model
+        return await pool("classify", "a score")
+
+    return {"embed": embed, "score": score}.get(task, generate)

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtimes.api_keys import ApiKeys
 from runtimes.defaults import RequestDefaults
-from runtimes.gate import RuntimeGate
+from runtimes.gate import RuntimeGate, served_paths
 from runtimes.grammar import guard_structured_outputs
 from runtimes.metrics import RuntimeMetrics
 from runtimes.readiness import ReadinessProbe, engine_probe
@@ -112,6 +112,7 @@ async def _build(
         defaults=RequestDefaults.from_generation(settings.generation),
         max_body_bytes=settings.max_body_bytes,
         body_timeout_seconds=settings.body_timeout_seconds,
+        served=served_paths(settings.task),
     )
     probe = ReadinessProbe(engine_probe(engine_client, settings.task), metrics=metrics, cache_seconds=settings.ready_cache_seconds)
     install_routes(app, gate, probe)
@@ -144,6 +145,28 @@ async def _serve_until_stopped(
             task.cancel()
 
 
+async def _follow_adapters(args: Namespace, app: FastAPI) -> tuple[Any, asyncio.Task[None]] | None:
+    """With LoRA on and a deployment named, catch up with its adapters before serving (runtimes.adapters)."""
+    import os
+
+    from events.adapters import Target
+    from events.options import NatsOptions
+    from runtimes.adapters import AdapterFollower, AdapterSettings, VllmEngine, follow, lora_limits
+
+    adapter_settings = AdapterSettings.from_env(os.environ)
+    limits = lora_limits(args)
+    if adapter_settings is None or limits is None:
+        return None
+    served = args.served_model_name[0] if args.served_model_name else args.model
+    target = Target(adapter_settings.template, adapter_settings.version, limits, served)
+
+    async def no_publish(*_: object) -> None:
+        return None
+
+    follower = AdapterFollower(adapter_settings, target, VllmEngine(app.state.openai_serving_models), no_publish)
+    return await follow(follower, NatsOptions())
+
+
 async def serve(args: Namespace, settings: RuntimeSettings, api_keys: ApiKeys | None, *, started_at: float) -> int:
     """Load the engine, serve until SIGTERM/SIGINT, drain, stop; the exit code (1: the engine died).
     `api_keys`: None serves without a key. `started_at`: process start (epoch seconds)."""
@@ -157,10 +180,16 @@ async def serve(args: Namespace, settings: RuntimeSettings, api_keys: ApiKeys | 
             app, gate = await _build(engine_client, args, settings, api_keys, metrics)
             server = NoSignalServer(_uvicorn_config(gate, args))
             app.state.server = server  # vLLM's error handlers stop it when the engine dies
+            following = await _follow_adapters(args, app)
             cold_start = time.time() - started_at
             metrics.cold_start.set(cold_start)
             logger.info("serving %s on %s:%s (cold start %.1f s)", args.served_model_name, args.host, args.port, cold_start)
-            await _serve_until_stopped(server, gate, sock, engine_client, settings.drain_seconds)
+            try:
+                await _serve_until_stopped(server, gate, sock, engine_client, settings.drain_seconds)
+            finally:
+                if following is not None:
+                    following[1].cancel()
+                    await following[0].close()
             if engine_client.errored:  # let Kubernetes restart the pod
                 logger.error("the engine died; exiting with 1")
                 return 1

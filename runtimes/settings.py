@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from runtimes.engine_args import ENV_API_KEY, ENV_API_KEY_FILE, ENV_GENERATION_DEFAULTS, ENV_MAX_CONCURRENCY, ENV_TASK
-from templates.schema import GenerationDefaults, error_text, errors_from
+from templates.schema import POOLING_KINDS, GenerationDefaults, Task, error_text, errors_from
 
 ENV_DRAIN_SECONDS = "STOKEHOLD_DRAIN_SECONDS"
 ENV_READY_CACHE_SECONDS = "STOKEHOLD_READY_CACHE_SECONDS"
@@ -33,7 +32,7 @@ class RuntimeConfigError(ValueError):
 class RuntimeSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    task: Literal["generate", "embed"] = "generate"
+    task: Task = "generate"
     max_concurrency: int | None = Field(default=None, ge=1, description="None: no limit")
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     api_key: SecretStr | None = None
@@ -82,6 +81,7 @@ class RuntimeSettings(BaseModel):
                 field, _, rest = location.partition(".")
                 problems.append((f"{variables.get(field, field)}{'.' + rest if rest else ''}", message))
             raise RuntimeConfigError(f"invalid runtime environment: {error_text(problems)}") from None
-        if settings.task == "embed" and settings.generation != GenerationDefaults():
-            raise RuntimeConfigError(f"{ENV_GENERATION_DEFAULTS} does not apply to an embedding model ({ENV_TASK}=embed)")
+        if settings.task != "generate" and settings.generation != GenerationDefaults():
+            kind = POOLING_KINDS[settings.task]
+            raise RuntimeConfigError(f"{ENV_GENERATION_DEFAULTS} does not apply to {kind} model ({ENV_TASK}={settings.task})")
         return settings

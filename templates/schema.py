@@ -70,6 +70,10 @@ RESERVED_VLLM_ARGS = frozenset(
         "tokenizer",
         "hf_token",
         "enable_prefix_caching",
+        "enable_lora",
+        "max_loras",
+        "max_lora_rank",
+        "lora_modules",
     }
 )
 VLLM_ARG_KEY_RE = re.compile(r"[a-z][a-z0-9_]*")
@@ -330,6 +334,13 @@ class StructuredOutputs(_Strict):
         return self
 
 
+class LoraLimits(_Strict):
+    """The engine's LoRA limits: what the InferenceService carries. Adapters come and go as events within them."""
+
+    max_loras: int = Field(default=4, ge=1, le=64, description="adapters served at once (the engine's slots)")
+    max_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(default=16, description="the highest adapter rank served")
+
+
 class EngineSettings(_Strict):
     """Allow-listed vLLM engine arguments, plus a checked pass-through mapping."""
 
@@ -341,6 +352,7 @@ class EngineSettings(_Strict):
     enforce_eager: bool = False
     trust_remote_code: bool = False
     enable_prefix_caching: bool | None = None
+    lora: LoraLimits | None = Field(default=None, exclude_if=lambda v: v is None)  # None: no adapters (and left out of the content hash)
     vllm_args: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("vllm_args")
@@ -489,6 +501,10 @@ class Serving(_Strict):
     api_key_secret: ApiKeySecretRef | None = None
 
 
+# what a version serves: chat and completions; embeddings; or scores of query-document pairs (a cross-encoder reranker)
+Task = Literal["generate", "embed", "score"]
+POOLING_KINDS: Final = {"embed": "an embedding", "score": "a scoring"}
+
 # vllm_args flags that a field of the spec also sets: a version may say each only once
 _OWNED_FLAGS: Final = (("tool_call_parser", "tools"), ("enable_auto_tool_choice", "tools"), ("reasoning_parser", "reasoning"))
 
@@ -529,7 +545,7 @@ class VersionSpec(_Strict):
 
     source: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
     served_model_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", max_length=128)] | None = None
-    task: Literal["generate", "embed"] = "generate"
+    task: Task = "generate"
     model_size_gb: float | None = Field(default=None, gt=0, le=4096)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
@@ -572,15 +588,15 @@ class VersionSpec(_Strict):
             )
         if par.nodes > 1 and source_scheme(self.source) not in {"pvc", "oci"}:
             raise ValueError("multi-node serving (parallelism.nodes > 1) needs a pvc:// or oci:// source (KServe multi-node)")
-        if self.task == "embed" and (self.generation.chat_template or self.generation.prompt_format or self.generation.stop):
-            raise ValueError("generation defaults do not apply to an embedding template (task = 'embed')")
+        if self.task != "generate" and (self.generation.chat_template or self.generation.prompt_format or self.generation.stop):
+            raise ValueError(f"generation defaults do not apply to {POOLING_KINDS[self.task]} template (task = {self.task!r})")
         self._openai_surface()
         return self
 
     def _openai_surface(self) -> None:
         given = [name for name in ("tools", "reasoning", "structured_outputs") if getattr(self, name) is not None]
-        if self.task == "embed" and given:
-            raise ValueError(f"{', '.join(given)} apply to generation, not to an embedding template (task = 'embed')")
+        if self.task != "generate" and given:
+            raise ValueError(f"{', '.join(given)} apply to generation, not to {POOLING_KINDS[self.task]} template (task = {self.task!r})")
         if self.tools is not None and self.generation.prompt_format:
             raise ValueError(
                 "tools and generation.prompt_format do not go together: a prompt format shows the model one instruction, "

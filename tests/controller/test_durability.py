@@ -34,6 +34,7 @@ from events.types import (
     DeploymentApplied,
     DeploymentDeleted,
     DeploymentRequested,
+    DeploymentStopped,
     EventKind,
     EventRejected,
     StreamRole,
@@ -79,13 +80,14 @@ async def test_a_full_desired_state_stream_refuses_new_events_and_a_restart_keep
     """The finding's repro: 2 MiB, the catalog, two deployments, then 60 x 60 KB of junk on another template's
     subject and status/dead-letter traffic beyond their limits, then a restart. Before: both services deleted."""
     await provision_stream(env.js, settings_of(env, max_bytes=2 * MIB, status_max_bytes=MIB))
-    deployed = ["tiny-demo", "gemma-7b-it"]
+    deployed = ["tiny-demo", next(v.name for v in CATALOG if v.name != "tiny-demo")]
     async with env.controller() as controller:
         for version in CATALOG:
             await publish(env, EventKind.VERSION_PUBLISHED, TemplateVersionPublished.model_validate(version.to_document()), version.name)
         for name in deployed:
             await publish(env, EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template=name), name)
-        await settled(controller, env, lambda: all(env.file(name).exists() for name in deployed))
+        await settled(controller, env, lambda: all(env.file(name).exists() for name in deployed) or bool(env.dead_letters))
+        assert env.dead_letters == []
     desired = stream_name(StreamRole.DESIRED, env.config.stream)
     before = (await env.js.stream_info(desired)).state
 
@@ -220,6 +222,32 @@ async def test_an_event_whose_dead_letter_never_fits_ends_after_its_last_deliver
     totals = [s for m in metrics.events.collect() for s in m.samples if s.name.endswith("_total")]
     poison = {s.labels["outcome"]: s.value for s in totals if s.labels.get("type") == "x"}
     assert poison == {"retried": 2.0, "gave_up": 1.0}
+
+
+async def test_a_delivery_lost_on_the_way_is_applied_in_order_when_it_comes_back(env: Env) -> None:
+    """Found by the poison storm at soak size: the server cut the controller off as a slow consumer, a delivery
+    was lost, later events of its template were handled first, and the lost one, back after its ack wait, was
+    taken for a redelivery (below the template's high-water mark) and skipped: a version never served."""
+    await provision_stream(env.js, settings_of(env))
+    state, metrics = DesiredState(allowed_namespaces=frozenset({"default"})), ControllerMetrics()
+    publisher = NatsPublisher(env.js, "/tests", env.root, metrics)
+    reconciler = Reconciler(state, DirSink(env.directory, fsync=False), env.config.render, publisher, metrics)
+    consumer = EventConsumer(env.js, env.config, state, reconciler, publisher, metrics, client=env.nc)
+    subscription = await consumer.subscribe()
+    await env.publish(EventKind.VERSION_PUBLISHED, tiny(1), "tiny-demo")
+    await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo"), "tiny-demo")
+    await env.publish(EventKind.VERSION_PUBLISHED, tiny(2, max_tokens=64), "tiny-demo")
+    await env.publish(EventKind.DEPLOYMENT_STOPPED, DeploymentStopped(template="tiny-demo"), "tiny-demo")
+    batch = await subscription.fetch(4, timeout=5)
+    lost = [msg for msg in batch if msg.metadata.sequence.stream == 3]
+    await consumer.handle([msg for msg in batch if msg not in lost])  # version 2 lost on the way
+    assert env.version_of("tiny-demo") == "1"
+    await consumer.handle(lost)  # back after its ack wait
+    await publisher.flush()
+    await subscription.unsubscribe()
+    assert env.version_of("tiny-demo") == "2" and state.deployments[("default", "tiny-demo")].stopped
+    assert metrics.order_rebuilds._value.get() == 1
+    assert [v.version for v in state.versions.versions("tiny-demo")] == [1, 2]
 
 
 # ------------------------------------------------------- finding 5: sink I/O errors are transient

@@ -8,6 +8,11 @@ from pydantic import BaseModel
 
 from events.types import (
     DATA_MODELS,
+    AdapterLoadStatusData,
+    AdapterVersionDeleted,
+    AdapterVersionPublished,
+    DeploymentAdapterAttached,
+    DeploymentAdapterDetached,
     DeploymentApplied,
     DeploymentDeleted,
     DeploymentFailed,
@@ -58,6 +63,15 @@ def sample(kind: EventKind) -> BaseModel:
             original_type="dev.stokehold.deployment.requested",
             subject="stokehold.templates.tiny-demo.deployment.requested",
             stream_sequence=7,
+        ),
+        EventKind.ADAPTER_PUBLISHED: AdapterVersionPublished(
+            template="tiny-demo", name="alpha", version=1, source="hf://org/alpha", rank=8
+        ),
+        EventKind.ADAPTER_DELETED: AdapterVersionDeleted(template="tiny-demo", name="alpha", version=1),
+        EventKind.ADAPTER_ATTACHED: DeploymentAdapterAttached(template="tiny-demo", namespace="llm", adapter="alpha"),
+        EventKind.ADAPTER_DETACHED: DeploymentAdapterDetached(template="tiny-demo", namespace="llm", adapter="alpha"),
+        EventKind.ADAPTER_LOAD_STATUS: AdapterLoadStatusData.model_validate(
+            status | {"adapter": "alpha", "adapter_version": 1, "replica": "r1", "status": LoadStatus.SUCCEEDED}
         ),
         EventKind.EVENT_REJECTED: EventRejected(
             original_id="abc",

@@ -21,7 +21,7 @@ from events.options import NatsOptions
 from events.publisher import Publisher
 from events.stream import StreamSettings
 from events.types import EventKind, LoadStatus
-from templates.catalog import CATALOG_DIR
+from templates.catalog import CATALOG_DIR, load_catalog
 from tests.events.samples import sample
 from tests.fixtures.controller_process import ControllerProcess
 from tests.fixtures.nats import run_in_thread
@@ -452,9 +452,10 @@ def test_templates_list_piped_shows_full_names() -> None:
         env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
     )
 
+    latest = {version.name: version for version in sorted(load_catalog(), key=lambda version: version.version)}
     names = [line.split()[0] for line in done.stdout.splitlines()[1:]]
-    assert names == sorted(path.stem for path in CATALOG_DIR.glob("*.yaml"))
-    assert "…" not in done.stdout and "hf://mistralai/Mixtral-8x7B-Instruct-v0.1" in done.stdout
+    assert names == sorted(latest)
+    assert "…" not in done.stdout and all(version.spec.source in done.stdout.split() for version in latest.values())
 
 
 def test_table_commands_have_json(cli: Any, clean_stream: StreamSettings) -> None:

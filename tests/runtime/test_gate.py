@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from runtimes.api_keys import ApiKeys
 from runtimes.defaults import RequestDefaults
-from runtimes.gate import RuntimeGate
+from runtimes.gate import SERVED_PATHS, RuntimeGate, served_paths
 from runtimes.metrics import RuntimeMetrics
 from tests.runtime.standin import StandIn, assert_openai_error, metric, rejected
 
@@ -89,6 +89,37 @@ async def test_only_the_served_routes_reach_vllm(stand_in: StandIn, registry: Co
     await gate({"type": "websocket", "path": "/v1/realtime", "headers": []}, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
     assert stand_in.entered == 6
+
+
+async def test_a_scoring_template_serves_the_scoring_routes_under_the_same_rules(stand_in: StandIn, registry: CollectorRegistry) -> None:
+    scoring = ["/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score"]
+    assert served_paths("generate") == served_paths("embed") == SERVED_PATHS
+    async with make_client(RuntimeGate(stand_in, metrics=RuntimeMetrics(CollectorRegistry()))) as client:
+        for path in scoring:
+            assert_openai_error(await client.post(path, json={}), 404, "not_found")
+    assert stand_in.entered == 0
+
+    gate = RuntimeGate(
+        stand_in,
+        metrics=RuntimeMetrics(registry),
+        served=served_paths("score"),
+        api_keys=ApiKeys.fixed("k"),
+        defaults=RequestDefaults(stop=("END",), max_tokens=4),
+        max_body_bytes=4096,
+        max_concurrency=1,
+    )
+    key = {"Authorization": "Bearer k"}
+    rerank = {"query": "q", "documents": ["d"] * 100}  # one forward pass for all pairs: weighs 1, like embeddings
+    async with make_client(gate) as client:
+        for path in scoring:
+            assert_openai_error(await client.post(path, json=rerank), 401, "invalid_api_key")
+            response = await client.post("/openai" + path, json=rerank, headers=key)
+            assert response.status_code == 200 and json.loads(response.json()["body"]) == rerank  # no generation defaults
+        too_large = await client.post("/rerank", json={"query": "q", "documents": ["x" * 4096]}, headers=key)
+        assert_openai_error(too_large, 413, "request_too_large")
+        assert_openai_error(await client.post("/pooling", json={}, headers=key), 404, "not_found")
+    assert stand_in.entered == len(scoring)
+    assert (rejected(registry, "unauthorized"), rejected(registry, "too_large")) == (len(scoring), 1)
 
 
 async def test_overload_answers_429_with_retry_after(stand_in: StandIn, registry: CollectorRegistry) -> None:

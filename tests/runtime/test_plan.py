@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Literal
 
 import pytest
 
@@ -161,7 +162,8 @@ def test_generation_defaults_become_vllm_arguments() -> None:
     assert [a for a in plan.vllm_argv if a.startswith("--chat-template")] == ["--chat-template=/t.jinja"]
 
 
-def test_embedding_task_runs_the_pooling_runner() -> None:
-    plan = plan_head(["--model=/m"], RuntimeSettings(task="embed"), {}, executor="auto", on_gpu=False, exists=exists_only("/m"))
-    assert "--runner=pooling" in plan.vllm_argv
+@pytest.mark.parametrize("task", ["embed", "score"])
+def test_embedding_and_scoring_tasks_run_the_pooling_runner(task: Literal["embed", "score"]) -> None:
+    plan = plan_head(["--model=/m"], RuntimeSettings(task=task), {}, executor="auto", on_gpu=False, exists=exists_only("/m"))
+    assert "--runner=pooling" in plan.vllm_argv and not any(a.startswith("--convert") for a in plan.vllm_argv)
     assert not any(a.startswith(("--override-generation-config", "--chat-template")) for a in plan.vllm_argv)

@@ -105,8 +105,8 @@ def test_rendered_service_reaches_the_engine(version: ModelTemplateVersion, runt
         assert plan.topology.nodes == spec.parallelism.nodes and plan.expected_gpus == spec.total_gpus
 
     assert settings.task == spec.task
-    if spec.task == "embed":
-        assert args.runner == "pooling"
+    if spec.task != "generate":
+        assert (args.runner, args.convert) == ("pooling", "auto")  # a cross-encoder is served as the classifier it is
         assert args.override_generation_config == {} and args.chat_template is None
         return
     generation = spec.generation

@@ -75,6 +75,7 @@ def test_the_catalog_covers_what_teams_deploy_in_2026() -> None:
     assert any(v.spec.parallelism.nodes > 1 for v in SERVED), "multi-node"
     assert any(v.spec.engine.quantization for v in SERVED), "a quantized build"
     assert sum(v.spec.task == "embed" for v in SERVED) >= 2, "two embedding models"
+    assert any(v.spec.task == "score" and v.template.labels["task"] == "reranking" for v in SERVED), "a reranker"
     families = {v.template.labels["family"] for v in SERVED}
     assert {"qwen3", "llama", "gemma3", "gpt-oss", "mistral", "deepseek-r1"} <= families
     assert any(v.spec.tools for v in SERVED) and any(v.spec.reasoning for v in SERVED)
@@ -196,6 +197,13 @@ def test_rules_between_fields() -> None:
     embed["spec"]["tools"] = {"parser": "hermes"}
     ((_, message),) = refusal(embed)
     assert "tools apply to generation, not to an embedding template" in message
+    reranker = next(v for v in CATALOG if v.spec.task == "score").to_document()
+    reranker["spec"]["reasoning"] = {"parser": "qwen3"}
+    ((_, message),) = refusal(reranker)
+    assert "reasoning apply to generation, not to a scoring template (task = 'score')" in message
+    reranker["spec"] |= {"reasoning": None, "generation": {"stop": ["###"]}}
+    ((_, message),) = refusal(reranker)
+    assert "generation defaults do not apply to a scoring template" in message
 
 
 def test_from_hf_guesses_parsers_from_the_family_and_says_so() -> None:

@@ -25,6 +25,7 @@ REQUIRED = {
     "deepseek-r1-distill-qwen-14b",
     "qwen3-embedding-0-6b",
     "bge-m3",
+    "bge-reranker-v2-m3",
     "tiny-demo",
 }
 
