@@ -113,10 +113,11 @@ def run(
     log = logging.getLogger("controller")
     configure_logging("INFO")  # every line is JSON, the refusal of a bad configuration included
     try:
-        config = build_config(flags | _root_connection(ctx))
+        flags = _root_connection(ctx) | {key: value for key, value in flags.items() if value is not None}  # run's own flags win
+        config = build_config(flags)
         if gpu_product:
             products = {**config.render.gpu_products, **_pairs(gpu_product, "--gpu-product")}
-            config = build_config(flags | _root_connection(ctx) | {"render.gpu_products": products})
+            config = build_config(flags | {"render.gpu_products": products})
     except ValidationError as exc:
         log.error("invalid configuration: %s", error_text(exc))
         raise typer.Exit(2) from None

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 NO_TEMPLATE = "_"  # group of messages whose subject names no template
 REBUILD_BATCH = 2048
+REBUILD_STALL_S = 120.0  # a rebuild that gets no event for this long, with events still pending, fails
 BATCHES_IN_FLIGHT = 2
 # What a dead letter echoes of the rejected event: enough to find and understand it, never its size.
 MAX_REASON_CHARS = 2048
@@ -55,6 +56,7 @@ MAX_ECHO_CHARS = 256
 DELETE_TIMEOUT_S = 10.0
 DELETE_PROBE_TIMEOUT_S = 5.0
 DELETIONS_IN_FLIGHT = 16
+DELETE_ATTEMPTS = 5
 
 
 class DeadLetters(Protocol):
@@ -79,6 +81,10 @@ class Delivery:
     def addressed(self) -> DeploymentKey | None:
         key = getattr(self.event.data, "key", None) if self.event is not None else None
         return key if isinstance(key, tuple) else None
+
+
+class RebuildIncomplete(RuntimeError):
+    """The stream could not be read to its end: the state would miss events, so it is not used."""
 
 
 class InvalidEvent(Exception):
@@ -126,6 +132,7 @@ class EventConsumer:
         self._tails: dict[str, asyncio.Task[None]] = {}  # template → its latest group task, while one runs
         self._rebuilt = False
         self._reduced: set[int] = set()  # sequences reduced since the last rebuild and not settled yet
+        self._last_delivery: int | None = None  # highest consumer sequence received
         self._state_gate = asyncio.Lock()  # held while a rebuild replaces the state: no event is reduced meanwhile
         self._deletions_allowed = True  # see `_probe_deletions`
         self._deletions: set[asyncio.Task[None]] = set()
@@ -155,13 +162,22 @@ class EventConsumer:
             ),
         )
         read = 0
+        loop = asyncio.get_running_loop()
         try:
             pending = (await sub.consumer_info()).num_pending or 0
+            stalled_since = loop.time()
             while pending > 0:
                 try:
                     msgs = await sub.fetch(min(REBUILD_BATCH, pending), timeout=5.0)
                 except TimeoutError:  # nats-py raises both its own and asyncio's
-                    break
+                    # events deleted meanwhile (dead-lettered junk) are no longer pending; anything else is
+                    # still to come: a state that misses events must never be used
+                    with contextlib.suppress(nats.errors.Error, TimeoutError):
+                        pending = (await sub.consumer_info()).num_pending or 0
+                    if pending and loop.time() - stalled_since > REBUILD_STALL_S:
+                        raise RebuildIncomplete(f"the stream stopped delivering with {pending} events still to read") from None
+                    continue
+                stalled_since = loop.time()
                 for msg in msgs:
                     metadata = msg.metadata
                     pending = metadata.num_pending
@@ -212,20 +228,40 @@ class EventConsumer:
         return sequence not in self._reduced and sequence not in self.state.rejections
 
     async def _rebuild_in_order(self, event: InboundEvent) -> None:
-        """Rebuild the state from the stream, in order, beside the live one; then swap it in."""
         async with self._state_gate:
             if not self._out_of_order(event):
-                return  # another group's rebuild took care of it
+                return  # another rebuild took care of it
             log.warning(
                 "an event of %s arrived after later ones (a delivery lost on the way): rebuilding the state from the stream",
                 event.subject_template,
                 extra={"stream_sequence": event.sequence},
             )
-            fresh = self.state.cleared()
-            await self.rebuild(into=fresh)
-            self.state.take(fresh)
-            self._reduced.clear()
-            self.metrics.order_rebuilds.inc()
+            await self._resequence()
+
+    def _lost_deliveries(self, msgs: list[Msg]) -> int:
+        """Deliveries of the durable consumer this process never received (gaps in the consumer's sequence).
+
+        They come back after their ack wait, by then possibly behind later events of their template.
+        """
+        lost = 0
+        for msg in msgs:
+            delivered = msg.metadata.sequence.consumer
+            if self._last_delivery is not None and delivered > self._last_delivery + 1:
+                lost += delivered - self._last_delivery - 1
+            self._last_delivery = max(delivered, self._last_delivery or 0)
+        return lost
+
+    async def _resequence(self) -> None:
+        """Rebuild the state from the stream, in order, beside the live one; then swap it in (caller holds the gate).
+
+        Every event up to the end of the stream is then reduced in stream order, lost deliveries
+        included: when they come back they are redeliveries, and nothing was rejected for want of them.
+        """
+        fresh = self.state.cleared()
+        await self.rebuild(into=fresh)
+        self.state.take(fresh)
+        self._reduced.clear()
+        self.metrics.order_rebuilds.inc()
 
     # --------------------------------------------------------------- consume
 
@@ -257,6 +293,7 @@ class EventConsumer:
         that template's group of the previous batch, so its events stay in stream order.
         """
         sub = sub or await self.subscribe()
+        self._last_delivery = None  # the first delivery of this subscription sets where the count starts
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
@@ -288,6 +325,11 @@ class EventConsumer:
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Handle one fetched batch: groups by template concurrently, each group in order."""
+        lost = self._lost_deliveries(msgs)
+        if lost:
+            async with self._state_gate:
+                log.warning("%d deliveries lost on the way (a slow-consumer cut, a reconnect): rebuilding the state from the stream", lost)
+                await self._resequence()
         groups: dict[str, list[Delivery]] = defaultdict(list)
         for msg in msgs:
             metadata = msg.metadata
@@ -361,8 +403,8 @@ class EventConsumer:
             if key is not None and failure is not None:
                 await self._reject(delivery, f"cannot apply {key[0]}/{key[1]}: {failure}", None, changed_nothing=False)
                 continue
-            await self._settle(delivery.msg.ack())
-            self._settled(delivery.sequence)
+            if await self._settle(delivery.msg.ack()):
+                self._settled(delivery.sequence)
             outcome = "applied" if result.writes else "unchanged"
             self._count(delivery, "redelivered" if delivery.change is Change.ALREADY_APPLIED else outcome)
             await self._answer(delivery)
@@ -400,8 +442,8 @@ class EventConsumer:
             log.warning("cannot publish the dead letter: %s", exc, extra={"stream_sequence": delivery.sequence})
             await self._retry(delivery, "dead_letter")
             return
-        await self._settle(delivery.msg.term())
-        self._settled(delivery.sequence)
+        if await self._settle(delivery.msg.term()):
+            self._settled(delivery.sequence)
         self.metrics.dead_letters.inc()
         self._count(delivery, "rejected")
         if changed_nothing:
@@ -416,8 +458,8 @@ class EventConsumer:
                 why,
                 extra={"subject": clip(delivery.msg.subject, MAX_ECHO_CHARS), "stream_sequence": delivery.sequence},
             )
-            await self._settle(delivery.msg.term())
-            self._settled(delivery.sequence)
+            if await self._settle(delivery.msg.term()):
+                self._settled(delivery.sequence)
             self.metrics.gave_up.labels(why).inc()
             self._count(delivery, "gave_up")
             return
@@ -435,13 +477,19 @@ class EventConsumer:
 
     async def _delete_now(self, client: NatsClient, sequence: int) -> None:
         async with self._deletion_slots:
-            try:
-                await delete_message(client, self.config.stream, sequence, wait_s=DELETE_TIMEOUT_S)
-            except nats.js.errors.APIError as exc:  # answered: e.g. already gone
-                log.debug("rejected event not deleted from the stream: %s", exc, extra={"stream_sequence": sequence})
-            except (nats.errors.Error, TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
-                log.warning("cannot delete the rejected event from the stream: %s", reason, extra={"stream_sequence": sequence})
+            for attempt in range(1, DELETE_ATTEMPTS + 1):
+                try:
+                    await delete_message(client, self.config.stream, sequence, wait_s=DELETE_TIMEOUT_S)
+                    return
+                except nats.js.errors.APIError as exc:  # answered: e.g. already gone
+                    log.debug("rejected event not deleted from the stream: %s", exc, extra={"stream_sequence": sequence})
+                    return
+                except (nats.errors.Error, TimeoutError) as exc:  # e.g. a reconnect, a busy server: try again
+                    if attempt == DELETE_ATTEMPTS:
+                        reason = str(exc) or type(exc).__name__
+                        log.warning("cannot delete the rejected event from the stream: %s", reason, extra={"stream_sequence": sequence})
+                        return
+                await asyncio.sleep(self.config.retry_delay(attempt))
 
     async def _probe_deletions(self) -> None:
         """Whether the controller may delete from the desired-state stream: the server answers a delete of sequence 0
@@ -469,11 +517,14 @@ class EventConsumer:
         self.state.settled(sequence)
         self._reduced.discard(sequence)
 
-    async def _settle(self, acknowledgement: Awaitable[None]) -> None:
+    async def _settle(self, acknowledgement: Awaitable[None]) -> bool:
+        """Send an ack, nak or term; False when it could not be sent (the message comes back after its ack wait)."""
         try:
             await acknowledgement
         except nats.errors.Error as exc:  # e.g. disconnected: JetStream redelivers after ack_wait
             log.warning("cannot acknowledge: %s", exc)
+            return False
+        return True
 
     def _count(self, delivery: Delivery, outcome: str) -> None:
         self.metrics.events.labels(delivery.event_type or "unknown", outcome).inc()

@@ -40,9 +40,7 @@ class StreamMissingError(LookupError):
     def __init__(self, streams: Sequence[str]) -> None:
         self.streams = list(streams)
         names = " and ".join([", ".join(self.streams[:-1]), self.streams[-1]] if len(self.streams) > 1 else self.streams)
-        super().__init__(
-            f"the stream {names} does not exist" if len(self.streams) == 1 else f"the streams {names} do not exist"
-        )
+        super().__init__(f"the stream {names} does not exist" if len(self.streams) == 1 else f"the streams {names} do not exist")
 
     def __str__(self) -> str:
         return f"{self.args[0]}: run `stokehold stream provision` (or start the controller, which creates it)"

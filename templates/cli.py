@@ -175,7 +175,7 @@ def from_hf(
     version: Annotated[int, typer.Option("--version", min=1)] = 1,
     quantization: Annotated[str | None, typer.Option("--quantization", help="awq, gptq, fp8, …")] = None,
     max_model_len: Annotated[int | None, typer.Option("--max-model-len")] = 8192,
-    task: Annotated[str, typer.Option("--task", help="generate or embed")] = "generate",
+    task: Annotated[str, typer.Option("--task", help="generate, embed or score")] = "generate",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the YAML here instead of stdout")] = None,
 ) -> None:
     """A new template version for a Hugging Face model, sized from the parameter count in its ID, parsers from its family."""

@@ -27,8 +27,8 @@ GPU_MEMORY_GB = {
     "nvidia-a100-80gb": 80,
     "nvidia-h100-80gb": 80,
 }
-# when the ID does not say: a typical chat model, or a typical (BERT-sized) embedding model
-DEFAULT_BILLIONS = {"generate": 7.0, "embed": 0.5}
+# when the ID does not say: a typical chat model, or a typical (BERT-sized) embedding model or reranker
+DEFAULT_BILLIONS = {"generate": 7.0, "embed": 0.5, "score": 0.5}
 _FOUR_BIT = {"awq", "gptq", "awq_marlin", "gptq_marlin"}
 
 

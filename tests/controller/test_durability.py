@@ -225,9 +225,10 @@ async def test_an_event_whose_dead_letter_never_fits_ends_after_its_last_deliver
 
 
 async def test_a_delivery_lost_on_the_way_is_applied_in_order_when_it_comes_back(env: Env) -> None:
-    """Found by the poison storm at soak size: the server cut the controller off as a slow consumer, a delivery
-    was lost, later events of its template were handled first, and the lost one, back after its ack wait, was
-    taken for a redelivery (below the template's high-water mark) and skipped: a version never served."""
+    """Found by the poison storm at soak size: the server cut the controller off as a slow consumer, deliveries
+    were lost, later events of their templates were handled first (a deployment request rejected for a version
+    not seen yet, a stop for a deployment not seen yet), and the lost ones, back after their ack wait, were
+    taken for redeliveries (below the template's high-water mark) and skipped."""
     await provision_stream(env.js, settings_of(env))
     state, metrics = DesiredState(allowed_namespaces=frozenset({"default"})), ControllerMetrics()
     publisher = NatsPublisher(env.js, "/tests", env.root, metrics)
@@ -240,14 +241,14 @@ async def test_a_delivery_lost_on_the_way_is_applied_in_order_when_it_comes_back
     await env.publish(EventKind.DEPLOYMENT_STOPPED, DeploymentStopped(template="tiny-demo"), "tiny-demo")
     batch = await subscription.fetch(4, timeout=5)
     lost = [msg for msg in batch if msg.metadata.sequence.stream == 3]
-    await consumer.handle([msg for msg in batch if msg not in lost])  # version 2 lost on the way
-    assert env.version_of("tiny-demo") == "1"
-    await consumer.handle(lost)  # back after its ack wait
+    await consumer.handle([msg for msg in batch if msg not in lost])  # version 2 lost on the way: a gap in the deliveries
+    assert env.version_of("tiny-demo") == "2" and state.deployments[("default", "tiny-demo")].stopped, "all reduced in stream order"
+    await consumer.handle(lost)  # back after its ack wait: a redelivery by then
     await publisher.flush()
     await subscription.unsubscribe()
     assert env.version_of("tiny-demo") == "2" and state.deployments[("default", "tiny-demo")].stopped
     assert metrics.order_rebuilds._value.get() == 1
-    assert [v.version for v in state.versions.versions("tiny-demo")] == [1, 2]
+    assert [v.version for v in state.versions.versions("tiny-demo")] == [1, 2] and env.dead_letters == []
 
 
 # ------------------------------------------------------- finding 5: sink I/O errors are transient

@@ -122,6 +122,7 @@ def test_deploy_and_the_lifecycle_commands(cli: Any, clean_stream: StreamSetting
         "name": "tiny",
         "version": 1,
         "overrides": {"min_replicas": 1, "max_replicas": None, "target_concurrency": None, "keep_hot": "30m", "priority": 2},
+        "adapters": None,
     }
     assert all(event["subject"].startswith("stokehold.templates.tiny-demo.") for event in stored)
     assert [event["data"]["template"] for event in _replayed(cli, "--type", "template.version.deleted")] == ["tiny-demo"]

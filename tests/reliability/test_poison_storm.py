@@ -60,7 +60,7 @@ async def test_a_poison_storm_ends_and_legitimate_events_flow(
 ) -> None:
     workload = build_workload(events=LEGITIMATE, templates=10, seed=SEED, namespace=NAMESPACE, root=ROOT)
     log = tmp_path / "controller.log"
-    controller = kube_controller(k8s_emulator, nats_server.url, root=ROOT, namespace=NAMESPACE, log=log)
+    controller = kube_controller(k8s_emulator, nats_server.url, root=ROOT, namespace=NAMESPACE, log=log, STOKEHOLD_LOG_LEVEL="INFO")
     async with nats_client(nats_server.options()) as nc:
         js = nc.jetstream()
         await provision(nc, workload)

@@ -102,6 +102,7 @@ def test_settings_defaults_and_secrets() -> None:
         ({"STOKEHOLD_GENERATION_DEFAULTS": '{"sampling": {"temperature": 9}}'}, "STOKEHOLD_GENERATION_DEFAULTS.sampling.temperature"),
         ({"STOKEHOLD_GENERATION_DEFAULTS": '{"prompt_format": "no placeholder"}'}, "{instruction}"),
         ({"STOKEHOLD_TASK": "embed", "STOKEHOLD_GENERATION_DEFAULTS": '{"stop": ["x"]}'}, "does not apply to an embedding model"),
+        ({"STOKEHOLD_TASK": "score", "STOKEHOLD_GENERATION_DEFAULTS": '{"stop": ["x"]}'}, "does not apply to a scoring model"),
     ],
 )
 def test_bad_env_names_the_variable(env: dict[str, str], message: str) -> None:
