@@ -178,7 +178,9 @@ class Reconciler:
             if version is None:
                 continue  # nothing to serve: deleted when its versions were deleted, kept when they are only missing
             try:
-                rendered = render_inference_service(version, deployment, self.render_config)
+                target = self.state.adapter_target(deployment)
+                adapters = [doc.ref for doc in self.state.adapters.desired(deployment.key, target).values()] if target else []
+                rendered = render_inference_service(version, deployment, self.render_config, adapters)
                 desired[deployment.key] = (deployment, version, rendered)
             except RenderError as exc:
                 result.failures[deployment.key] = str(exc)

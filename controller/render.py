@@ -12,6 +12,7 @@ services (parallelism.nodes > 1) run in KServe's raw deployment mode with a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -29,6 +30,7 @@ from controller.labels import (
 )
 from controller.render_config import RenderConfig
 from controller.state import Deployment
+from runtimes.adapters import ENV_ADAPTER_CACHE, ENV_DEPLOYMENT, ENV_TEMPLATE, ENV_TEMPLATE_VERSION
 from runtimes.engine_args import api_key_mount, engine_cli_args, runtime_env
 from templates.schema import ModelTemplateVersion, Scaling, error_text
 
@@ -36,6 +38,7 @@ API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
 VERSION_HASH_ANNOTATION = "stokehold.dev/version-hash"
 SERVED_MODEL_ANNOTATION = "stokehold.dev/served-model-name"
+ADAPTERS_ANNOTATION = "stokehold.dev/adapters"  # the desired adapter set, e.g. "alpha@2,beta@1" (RenderConfig.adapters_annotation)
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
 RETENTION_ANNOTATION = "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
@@ -51,6 +54,7 @@ LEGACY_MODE_NAMES = {KNATIVE: SERVERLESS, STANDARD: RAW_DEPLOYMENT}
 HF_TOKEN_ENV = "HF_TOKEN"
 MODEL_CACHE_VOLUME = "model-cache"
 WORKER_CONTAINER = "worker-container"
+ADAPTER_CACHE_VOLUME = "adapter-cache"
 
 
 class RenderError(ValueError):
@@ -104,8 +108,12 @@ def scale_plan(version: ModelTemplateVersion, deployment: Deployment, scaling: S
     return ScalePlan(scaling.min_replicas, scaling.max_replicas, multinode=False, note=note)
 
 
-def render_inference_service(version: ModelTemplateVersion, deployment: Deployment, config: RenderConfig) -> Object:
-    """The InferenceService for a deployment of a version, with its content hash annotated."""
+def render_inference_service(
+    version: ModelTemplateVersion, deployment: Deployment, config: RenderConfig, adapters: Sequence[str] = ()
+) -> Object:
+    """The InferenceService for a deployment of a version, with its content hash annotated.
+    `adapters`: the deployment's desired adapter set (refs like `alpha@2`), shown only by the adapters annotation:
+    adapters are events the runtime follows, so the pod never depends on them."""
     spec = version.spec
     scaling = effective_scaling(version, deployment)
     plan = scale_plan(version, deployment, scaling)
@@ -131,8 +139,12 @@ def render_inference_service(version: ModelTemplateVersion, deployment: Deployme
         model.setdefault("volumeMounts", []).append(mount)
         model["env"].append(env)
         predictor.setdefault("volumes", []).append(volume)
+    if spec.engine.lora is not None:
+        _follow_adapters(version, deployment, config, model, predictor)
 
     annotations = {VERSION_HASH_ANNOTATION: version.content_hash, SERVED_MODEL_ANNOTATION: version.served_model_name}
+    if spec.engine.lora is not None and config.adapters_annotation:
+        annotations[ADAPTERS_ANNOTATION] = ",".join(sorted(adapters))
     if plan.multinode:
         annotations[DEPLOYMENT_MODE_ANNOTATION] = _mode_name(STANDARD, config)
         annotations[AUTOSCALER_CLASS_ANNOTATION] = "none"
@@ -197,6 +209,32 @@ def _env(version: ModelTemplateVersion, config: RenderConfig) -> list[dict[str, 
     if secret is not None:
         env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
     return env
+
+
+def _follow_adapters(
+    version: ModelTemplateVersion, deployment: Deployment, config: RenderConfig, model: dict[str, Any], predictor: dict[str, Any]
+) -> None:
+    """What a LoRA runtime needs to follow its deployment's adapter events: who it is, the bus, a cache to download into."""
+    if version.spec.storage.cache_pvc:
+        cache = f"{config.model_cache_mount}/adapters"
+    else:
+        cache = config.adapter_cache_mount
+        model.setdefault("volumeMounts", []).append({"name": ADAPTER_CACHE_VOLUME, "mountPath": cache})
+        predictor.setdefault("volumes", []).append({"name": ADAPTER_CACHE_VOLUME, "emptyDir": {}})
+    env: list[dict[str, Any]] = [
+        {"name": ENV_DEPLOYMENT, "value": f"{deployment.namespace}/{deployment.name}"},
+        {"name": ENV_TEMPLATE, "value": version.name},
+        {"name": ENV_TEMPLATE_VERSION, "value": str(version.version)},
+        {"name": ENV_ADAPTER_CACHE, "value": cache},
+        {"name": "STOKEHOLD_NATS_URL", "value": config.runtime_nats_url},
+    ]
+    if config.runtime_nats_user:
+        env.append({"name": "STOKEHOLD_NATS_USER", "value": config.runtime_nats_user})
+    secrets = {"STOKEHOLD_NATS_PASSWORD": config.runtime_nats_password_secret, "STOKEHOLD_NATS_TOKEN": config.runtime_nats_token_secret}
+    for name, secret in secrets.items():
+        if secret is not None:
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+    model["env"].extend(env)
 
 
 def _resources(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, dict[str, str]]:

@@ -89,6 +89,27 @@ class RenderConfig(BaseModel):
     template_label_prefix: str = "template.stokehold.dev"
     # KServe < 0.16 knows the deployment modes only as Serverless/RawDeployment; 0.16 renamed them Knative/Standard
     legacy_deployment_modes: bool = False
+    # What a LoRA-enabled runtime needs to follow its deployment's adapter events on the bus (runtimes/adapters.py).
+    # Credentials only as Secret references, rendered as env from secretKeyRef: the Secret lives in the model's namespace.
+    runtime_nats_url: str = "nats://nats.nats.svc:4222"
+    runtime_nats_user: str | None = None
+    runtime_nats_password_secret: SecretRef | None = None
+    runtime_nats_token_secret: SecretRef | None = None
+    adapter_cache_mount: str = "/mnt/adapter-cache"  # an emptyDir when the template has no cache PVC
+    # Render `stokehold.dev/adapters` (the desired adapter set) on the InferenceService. KServe copies every
+    # InferenceService annotation onto the Knative revision, so a changed value would roll the pods, unless
+    # KServe's inferenceservice-config lists the key in serviceAnnotationDisallowedList (controller/README.md).
+    adapters_annotation: bool = False
+
+    @model_validator(mode="after")
+    def _runtime_nats_credentials(self) -> RenderConfig:
+        if self.runtime_nats_password_secret is not None and not self.runtime_nats_user:
+            raise ValueError("runtime_nats_password_secret needs runtime_nats_user")
+        if self.runtime_nats_token_secret is not None and self.runtime_nats_user:
+            raise ValueError("use runtime_nats_user/runtime_nats_password_secret or runtime_nats_token_secret, not both")
+        if "://" not in self.runtime_nats_url or "@" in self.runtime_nats_url:
+            raise ValueError("runtime_nats_url is a server URL like nats://host:4222, without credentials (use the Secret references)")
+        return self
 
     @field_validator("gpu_products")
     @classmethod

@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -645,7 +646,7 @@ def status(
             return statuses, []
 
     statuses, dead = run_connected(ctx, collect)
-    summaries = [s for s in summarize(_decoded(statuses)) if namespace is None or s.namespace == namespace]
+    summaries = [s for s in summarize(_decoded(statuses), now=datetime.now(UTC)) if namespace is None or s.namespace == namespace]
     refused = rejections(_decoded(dead))
     if as_json:
         for summary in summaries:

@@ -9,7 +9,8 @@ refused with its reason: a deployment it refused never reaches the first table.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -46,6 +47,22 @@ class DeploymentSummary(BaseModel):
         return (self.namespace, self.name)
 
 
+# A LOADING not repeated for this many of the replica's report intervals: the replica stopped reporting (it died mid-load)
+STALE_INTERVALS = 3
+
+
+class _Report(NamedTuple):
+    status: LoadStatus
+    time: datetime | None
+    report_every_s: float | None
+
+    def status_at(self, now: datetime | None) -> LoadStatus:
+        if self.status is not LoadStatus.LOADING or now is None or self.time is None or self.report_every_s is None:
+            return self.status
+        stale = now - self.time > timedelta(seconds=STALE_INTERVALS * self.report_every_s)
+        return LoadStatus.FAILED if stale else self.status
+
+
 class Rejection(BaseModel):
     """One dead letter: which event the controller refused, and why."""
 
@@ -71,18 +88,21 @@ def rejections(events: Iterable[DecodedEvent]) -> list[Rejection]:
 _APPLIED_PHASE = {"stopped": "Stopped", "deleted": "Deleted", "kept": "Kept"}
 
 
-def summarize(events: Iterable[DecodedEvent]) -> list[DeploymentSummary]:
-    """One summary per (namespace, name), from events in stream order; other kinds are skipped."""
+def summarize(events: Iterable[DecodedEvent], now: datetime | None = None) -> list[DeploymentSummary]:
+    """One summary per (namespace, name), from events in stream order; other kinds are skipped.
+    `now` (aware): a replica's LOADING that it stopped repeating well before it reads as FAILED."""
     latest: dict[tuple[str, str], DeploymentSummary] = {}
-    replicas: dict[tuple[str, str], dict[str, dict[str, LoadStatus]]] = {}  # deployment → adapter → replica → status
+    replicas: dict[tuple[str, str], dict[str, dict[str, _Report]]] = {}  # deployment → adapter → replica → report
     for event in events:
         data = event.data
         if isinstance(data, AdapterLoadStatusData):
             by_adapter = replicas.setdefault((data.namespace, data.name), {})
-            for other, statuses in by_adapter.items():  # a replica serves one version of an adapter
-                if other.partition("@")[0] == data.adapter:
-                    statuses.pop(data.replica, None)
-            by_adapter.setdefault(f"{data.adapter}@{data.adapter_version}", {})[data.replica] = data.status
+            if data.replica:  # a replica serves one version of an adapter (the controller's REQUESTED names none)
+                for other, statuses in by_adapter.items():
+                    if other.partition("@")[0] == data.adapter:
+                        statuses.pop(data.replica, None)
+            report = _Report(data.status, event.time, data.report_every_s)
+            by_adapter.setdefault(f"{data.adapter}@{data.adapter_version}", {})[data.replica] = report
             continue
         if not isinstance(data, DeploymentApplied | DeploymentReady | DeploymentFailed | DeploymentLoadStatus):
             continue
@@ -119,16 +139,22 @@ def summarize(events: Iterable[DecodedEvent]) -> list[DeploymentSummary]:
         latest[key] = DeploymentSummary.model_validate(fields)
     for key, by_adapter in replicas.items():
         if key in latest:
-            shown = {name: _adapter_cell(statuses) for name, statuses in sorted(by_adapter.items()) if statuses}
+            shown = {name: _adapter_cell(statuses, now) for name, statuses in sorted(by_adapter.items()) if statuses}
             latest[key] = latest[key].model_copy(update={"adapters": shown})
     return [latest[key] for key in sorted(latest)]
 
 
-def _adapter_cell(statuses: dict[str, LoadStatus]) -> str:
-    """The worst status across replicas, with how many replicas report it."""
+def _adapter_cell(reports: dict[str, _Report], now: datetime | None) -> str:
+    """The worst status across replicas, with how many replicas report it; REQUESTED until a replica reports."""
+    on_replicas = {replica: report for replica, report in reports.items() if replica}
+    if not on_replicas:
+        return f"{LoadStatus.REQUESTED.value} 0/0"
+    statuses = {replica: report.status_at(now) for replica, report in on_replicas.items()}
     order = [LoadStatus.FAILED, LoadStatus.LOADING, LoadStatus.REQUESTED, LoadStatus.SUCCEEDED]
     worst = min(statuses.values(), key=order.index)
-    return f"{worst.value} {sum(1 for s in statuses.values() if s is worst)}/{len(statuses)}"
+    cell = f"{worst.value} {sum(1 for s in statuses.values() if s is worst)}/{len(statuses)}"
+    silent = sorted(r for r, s in statuses.items() if s is LoadStatus.FAILED and on_replicas[r].status is LoadStatus.LOADING)
+    return cell + (f" ({', '.join(silent)} stopped reporting mid-load)" if silent else "")
 
 
 def _load_phase(status: LoadStatus, previous: DeploymentSummary | None) -> str:

@@ -365,13 +365,17 @@ class DeploymentLoadStatus(_DeploymentStatus):
 
 
 class AdapterLoadStatusData(_DeploymentStatus):
-    """One replica's load status of one adapter (`replica`: its pod or host name)."""
+    """One replica's load status of one adapter (`replica`: its pod or host name; "" for the controller's REQUESTED).
+
+    A replica repeats LOADING every `report_every_s` while a load runs, so a LOADING that is not
+    repeated (a replica killed mid-load) reads as FAILED once it is older than a few intervals."""
 
     adapter: str
     adapter_version: int
     replica: str
     status: LoadStatus
     reason: str | None = None
+    report_every_s: float | None = Field(default=None, gt=0)
 
 
 class EventAccepted(_Data):

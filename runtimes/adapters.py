@@ -6,9 +6,12 @@ ordered consumer), reduces the adapter events with the same pure book as the con
 adapter API. It catches up before the server listens, so a replica started after an
 attach serves the adapter on its first request. Detached adapters are unloaded before
 anything is loaded, so a detached adapter is never served. Each load reports
-REQUESTED → LOADING → SUCCEEDED | FAILED (with the reason) on the status subject; a
-replica restarted mid-load reports again under the same replica name, so its last
-LOADING is superseded.
+LOADING → SUCCEEDED | FAILED (with the reason) on the status subject (the controller
+reports REQUESTED when it accepts the attach). While a load runs the replica repeats
+LOADING every `report_every_s`: a replica killed mid-load stops repeating it, and
+`stokehold status` shows its LOADING as FAILED once it is older than a few intervals
+(events/status_view.py), so no status stays LOADING forever. A replica restarted under
+the same name reports again, superseding its last LOADING.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ ENV_ADAPTER_CACHE = "STOKEHOLD_ADAPTER_CACHE"  # the model cache: relative sourc
 ENV_REPLICA = "STOKEHOLD_REPLICA"
 DEFAULT_ADAPTER_CACHE = "/mnt/models-cache/adapters"
 STATUS_SOURCE = "/stokehold/runtime"
+DEFAULT_REPORT_EVERY_S = 30.0
 FOLLOWED_KINDS = ADAPTER_KINDS | {EventKind.DEPLOYMENT_REQUESTED, EventKind.DEPLOYMENT_DELETED}
 
 
@@ -148,8 +152,11 @@ Publish = Callable[[EventKind, AdapterLoadStatusData], Awaitable[None]]
 class AdapterFollower:
     """Reduces the template's adapter events and keeps the engine's adapters equal to the deployment's set."""
 
-    def __init__(self, settings: AdapterSettings, target: Target, engine: Engine, publish: Publish) -> None:
+    def __init__(
+        self, settings: AdapterSettings, target: Target, engine: Engine, publish: Publish, report_every_s: float = DEFAULT_REPORT_EVERY_S
+    ) -> None:
         self.settings = settings
+        self.report_every_s = report_every_s
         self.target = target
         self.engine = engine
         self.publish = publish
@@ -188,11 +195,14 @@ class AdapterFollower:
 
     async def _load(self, doc: AdapterVersionPublished) -> None:
         await self._status(doc, LoadStatus.LOADING)
+        beat = asyncio.get_running_loop().create_task(self._keep_reporting(doc))
         try:
             path = await asyncio.to_thread(fetch, doc, self.settings.cache)
             reason = await self.engine.load(doc.name, str(path))
         except Exception as exc:  # any fetch failure is this adapter's, never the replica's
             reason = str(exc) if isinstance(exc, AdapterError) else f"{type(exc).__name__}: {exc}"
+        finally:
+            beat.cancel()
         if reason is None:
             self.loaded[doc.name] = doc
             logger.info("adapter %s loaded", doc.ref)
@@ -201,6 +211,11 @@ class AdapterFollower:
             self.failed[doc.ref] = reason
             logger.warning("adapter %s failed: %s", doc.ref, reason)
             await self._status(doc, LoadStatus.FAILED, reason)
+
+    async def _keep_reporting(self, doc: AdapterVersionPublished) -> None:
+        while True:  # still alive, still loading: what tells a slow download from a replica that died
+            await asyncio.sleep(self.report_every_s)
+            await self._status(doc, LoadStatus.LOADING)
 
     async def _status(self, doc: AdapterVersionPublished, status: LoadStatus, reason: str | None = None) -> None:
         s = self.settings
@@ -214,6 +229,7 @@ class AdapterFollower:
             replica=s.replica,
             status=status,
             reason=reason,
+            report_every_s=self.report_every_s if status is LoadStatus.LOADING else None,
         )
         try:
             await self.publish(EventKind.ADAPTER_LOAD_STATUS, data)

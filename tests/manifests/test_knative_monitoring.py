@@ -42,7 +42,7 @@ def test_knative_settings_for_scale_to_zero_of_gpu_models() -> None:
 def test_knative_features_allow_what_the_controller_renders() -> None:
     features = knative_data()["config-features"]
     # GPU placement (tolerations, nodeSelector) and the model-cache PVC that controller/render.py emits
-    for flag in ("tolerations", "nodeselector", "persistent-volume-claim", "persistent-volume-write"):
+    for flag in ("tolerations", "nodeselector", "persistent-volume-claim", "persistent-volume-write", "emptydir"):
         assert features[f"kubernetes.podspec-{flag}"] == "enabled"
 
 
