@@ -38,7 +38,7 @@ from controller.config import ControllerConfig
 from controller.logs import clip
 from controller.metrics import ControllerMetrics
 from controller.reconciler import Reconciler, ReconcileResult
-from controller.state import Change, DeploymentKey, DesiredState, InboundEvent, Rejected
+from controller.state import Change, DeploymentKey, DesiredState, InboundEvent, Rejected, adapters_requested
 from events.codec import EventDecodeError, decode
 from events.stream import delete_message
 from events.types import EventAccepted, EventKind, EventRejected, inbound_filter, template_of_subject, template_subject
@@ -408,6 +408,9 @@ class EventConsumer:
             outcome = "applied" if result.writes else "unchanged"
             self._count(delivery, "redelivered" if delivery.change is Change.ALREADY_APPLIED else outcome)
             await self._answer(delivery)
+            if delivery.change is Change.CHANGED and delivery.event is not None:
+                for status in adapters_requested(self.state, delivery.event.data):
+                    await self.reconciler.reporter.report(EventKind.ADAPTER_LOAD_STATUS, status, status.template)
 
     async def _answer(self, delivery: Delivery) -> None:
         """Tell whoever published the event that it was applied (`event.accepted`, what `--wait` follows)."""

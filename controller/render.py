@@ -30,8 +30,15 @@ from controller.labels import (
 )
 from controller.render_config import RenderConfig
 from controller.state import Deployment
-from runtimes.adapters import ENV_ADAPTER_CACHE, ENV_DEPLOYMENT, ENV_TEMPLATE, ENV_TEMPLATE_VERSION
-from runtimes.engine_args import api_key_mount, engine_cli_args, runtime_env
+from runtimes.engine_args import (
+    ENV_ADAPTER_CACHE,
+    ENV_DEPLOYMENT,
+    ENV_TEMPLATE,
+    ENV_TEMPLATE_VERSION,
+    api_key_mount,
+    engine_cli_args,
+    runtime_env,
+)
 from templates.schema import ModelTemplateVersion, Scaling, error_text
 
 API_VERSION = "serving.kserve.io/v1beta1"

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from events.adapters import AdapterBook, AdapterError, Target
 from events.types import (
+    AdapterLoadStatusData,
     AdapterVersionDeleted,
     AdapterVersionPublished,
     DeploymentAdapterAttached,
@@ -40,8 +41,10 @@ from events.types import (
     DeploymentResumed,
     DeploymentStopped,
     EventKind,
+    LoadStatus,
     TemplateVersionDeleted,
     TemplateVersionPublished,
+    parse_adapter_ref,
 )
 from templates.registry import AddOutcome, ImmutableVersionError, VersionRegistry, next_version_hint
 from templates.schema import ModelTemplateVersion, error_text
@@ -349,6 +352,34 @@ class DesiredState:
             bisect.insort(self._by_template.setdefault(deployment.template, []), key)
             self._deleted_deployments.pop(key, None)
         self.deployments[key] = deployment
+
+
+def adapters_requested(state: DesiredState, data: BaseModel) -> list[AdapterLoadStatusData]:
+    """REQUESTED for each adapter an accepted event asks a deployment to serve (the replicas report LOADING and on).
+    `replica` is empty: the controller speaks for the deployment, not for a replica."""
+    if isinstance(data, DeploymentAdapterAttached):
+        names = {data.adapter}
+    elif isinstance(data, DeploymentRequested) and data.adapters:
+        names = {parse_adapter_ref(ref)[0] for ref in data.adapters}
+    else:
+        return []
+    target = state.adapter_target(state.deployments.get(data.key))
+    if target is None:
+        return []
+    return [
+        AdapterLoadStatusData(
+            template=target.template,
+            version=target.version,
+            namespace=data.namespace,
+            name=data.deployment_name,
+            adapter=name,
+            adapter_version=doc.version,
+            replica="",
+            status=LoadStatus.REQUESTED,
+        )
+        for name, doc in state.adapters.desired(data.key, target).items()
+        if name in names
+    ]
 
 
 def _same_request(a: Deployment, b: Deployment) -> bool:

@@ -39,14 +39,11 @@ from events.types import (
     LoadStatus,
     status_subject,
 )
+from runtimes.engine_args import ENV_ADAPTER_CACHE, ENV_DEPLOYMENT, ENV_TEMPLATE, ENV_TEMPLATE_VERSION
 from templates.schema import LoraLimits
 
 logger = logging.getLogger("stokehold.runtime")
 
-ENV_DEPLOYMENT = "STOKEHOLD_DEPLOYMENT"  # namespace/name: set, with LoRA enabled, the replica follows adapter events
-ENV_TEMPLATE = "STOKEHOLD_TEMPLATE"
-ENV_TEMPLATE_VERSION = "STOKEHOLD_TEMPLATE_VERSION"
-ENV_ADAPTER_CACHE = "STOKEHOLD_ADAPTER_CACHE"  # the model cache: relative sources live here, downloads go here
 ENV_REPLICA = "STOKEHOLD_REPLICA"
 DEFAULT_ADAPTER_CACHE = "/mnt/models-cache/adapters"
 STATUS_SOURCE = "/stokehold/runtime"

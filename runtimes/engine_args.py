@@ -17,6 +17,11 @@ ENV_MAX_CONCURRENCY = "STOKEHOLD_MAX_CONCURRENCY"
 ENV_TASK = "STOKEHOLD_TASK"
 ENV_API_KEY = "STOKEHOLD_API_KEY"
 ENV_API_KEY_FILE = "STOKEHOLD_API_KEY_FILE"
+# a LoRA runtime follows its deployment's adapter events (runtimes/adapters.py); the controller renders these
+ENV_DEPLOYMENT = "STOKEHOLD_DEPLOYMENT"  # namespace/name
+ENV_TEMPLATE = "STOKEHOLD_TEMPLATE"
+ENV_TEMPLATE_VERSION = "STOKEHOLD_TEMPLATE_VERSION"
+ENV_ADAPTER_CACHE = "STOKEHOLD_ADAPTER_CACHE"  # relative adapter sources live here, downloads go here
 API_KEY_VOLUME = "stokehold-api-key"
 API_KEY_DIR = "/var/run/secrets/stokehold/api-key"
 API_KEY_FILE_NAME = "api-key"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from controller.state import Change, DesiredState, InboundEvent, Rejected
+from controller.state import Change, DesiredState, InboundEvent, Rejected, adapters_requested
 from events.adapters import AdapterError, Target, check_files
 from events.types import (
     AdapterVersionDeleted,
@@ -18,6 +18,7 @@ from events.types import (
     DeploymentDeleted,
     DeploymentRequested,
     EventKind,
+    LoadStatus,
     TemplateVersionPublished,
 )
 from templates.catalog import load_catalog
@@ -204,3 +205,21 @@ def test_only_the_lora_limits_reach_the_inference_service() -> None:
         version(lora={"max_loras": 4, "max_rank": 16}), Deployment("tiny-demo", "default", "tiny-demo", None), RenderConfig()
     )
     assert wider["spec"] != before["spec"]
+
+
+def test_an_accepted_attach_or_request_reports_requested_for_the_adapters_it_names() -> None:
+    world = World()
+    world.apply(adapter("alpha"))
+    world.apply(adapter("beta"))
+    world.apply(adapter("beta", number=2))
+    attach = DeploymentAdapterAttached(template="tiny-demo", adapter="alpha")
+    world.apply(attach)
+    [requested] = adapters_requested(world.state, attach)
+    assert (requested.adapter, requested.adapter_version, requested.status, requested.replica) == ("alpha", 1, LoadStatus.REQUESTED, "")
+    assert (requested.namespace, requested.name, requested.version) == ("default", "tiny-demo", 1)
+
+    request = DeploymentRequested(template="tiny-demo", adapters=["alpha", "beta@1"])
+    world.apply(request)
+    assert {(r.adapter, r.adapter_version) for r in adapters_requested(world.state, request)} == {("alpha", 1), ("beta", 1)}
+    assert adapters_requested(world.state, DeploymentAdapterDetached(template="tiny-demo", adapter="alpha")) == []
+    assert adapters_requested(world.state, DeploymentRequested(template="tiny-demo")) == [], "a request without adapters names none"

@@ -105,3 +105,31 @@ def test_rejections_are_the_dead_letters_in_order() -> None:
         ("e1", "first", 1),
         ("e3", "second", 3),
     ]
+
+
+def _adapter(number: int, status: str, replica: str = "r1", **data: Any) -> DecodedEvent:
+    fields = {"adapter": "alpha", "adapter_version": 1, "replica": replica, "status": status, "version": 1}
+    return _event(number, EventKind.ADAPTER_LOAD_STATUS, **(fields | data))
+
+
+def test_adapters_show_requested_until_a_replica_reports_then_the_worst_replica() -> None:
+    applied = _event(1, EventKind.DEPLOYMENT_APPLIED, action="created")
+    requested = _adapter(2, "REQUESTED", replica="")
+
+    assert summarize([applied, requested])[0].adapters == {"alpha@1": "REQUESTED 0/0"}
+    rows = summarize([applied, requested, _adapter(3, "SUCCEEDED"), _adapter(4, "LOADING", replica="r2", report_every_s=30)])
+    assert rows[0].adapters == {"alpha@1": "LOADING 1/2"}
+
+
+def test_a_loading_the_replica_stopped_repeating_reads_as_failed_and_a_fresh_one_as_loading() -> None:
+    applied = _event(1, EventKind.DEPLOYMENT_APPLIED, action="created")
+    loading = _adapter(2, "LOADING", report_every_s=30)  # at 00:02
+    done = _adapter(3, "SUCCEEDED", replica="r2")
+
+    fresh = datetime(2024, 1, 1, 0, 3, tzinfo=UTC)  # 60 s later: two intervals
+    silent = datetime(2024, 1, 1, 0, 4, 1, tzinfo=UTC)  # 121 s later: past three intervals
+    assert summarize([applied, loading, done], now=fresh)[0].adapters == {"alpha@1": "LOADING 1/2"}
+    assert summarize([applied, loading, done], now=silent)[0].adapters == {"alpha@1": "FAILED 1/2 (r1 stopped reporting mid-load)"}
+    assert summarize([applied, loading, done])[0].adapters == {"alpha@1": "LOADING 1/2"}, "without a clock, as reported"
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    assert summarize([applied, loading, _adapter(4, "SUCCEEDED")], now=later)[0].adapters == {"alpha@1": "SUCCEEDED 1/1"}
