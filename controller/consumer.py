@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 NO_TEMPLATE = "_"  # group of messages whose subject names no template
 REBUILD_BATCH = 2048
+FETCH_BYTES = 8 * 1024 * 1024  # what one fetch should bring at most (see `batch_for`)
+FIRST_FETCH = 64
 REBUILD_STALL_S = 120.0  # a rebuild that gets no event for this long, with events still pending, fails
 BATCHES_IN_FLIGHT = 2
 # What a dead letter echoes of the rejected event: enough to find and understand it, never its size.
@@ -133,6 +135,8 @@ class EventConsumer:
         self._rebuilt = False
         self._reduced: set[int] = set()  # sequences reduced since the last rebuild and not settled yet
         self._last_delivery: int | None = None  # highest consumer sequence received
+        # events per fetch, fewer when they are large (`batch_for`); the first fetch is small, as their size is not known
+        self._fetch_size = min(config.fetch_batch, FIRST_FETCH)
         self._state_gate = asyncio.Lock()  # held while a rebuild replaces the state: no event is reduced meanwhile
         self._deletions_allowed = True  # see `_probe_deletions`
         self._deletions: set[asyncio.Task[None]] = set()
@@ -166,9 +170,10 @@ class EventConsumer:
         try:
             pending = (await sub.consumer_info()).num_pending or 0
             stalled_since = loop.time()
+            batch = REBUILD_BATCH
             while pending > 0:
                 try:
-                    msgs = await sub.fetch(min(REBUILD_BATCH, pending), timeout=5.0)
+                    msgs = await sub.fetch(min(batch, pending), timeout=5.0)
                 except TimeoutError:  # nats-py raises both its own and asyncio's
                     # events deleted meanwhile (dead-lettered junk) are no longer pending; anything else is
                     # still to come: a state that misses events must never be used
@@ -178,6 +183,7 @@ class EventConsumer:
                         raise RebuildIncomplete(f"the stream stopped delivering with {pending} events still to read") from None
                     continue
                 stalled_since = loop.time()
+                batch = batch_for(msgs, REBUILD_BATCH)
                 for msg in msgs:
                     metadata = msg.metadata
                     pending = metadata.num_pending
@@ -301,7 +307,7 @@ class EventConsumer:
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    msgs = await sub.fetch(self.config.fetch_batch, timeout=self.config.fetch_timeout_s)
+                    msgs = await sub.fetch(self._fetch_size, timeout=self.config.fetch_timeout_s)
                 except TimeoutError:  # nats-py raises both its own and asyncio's
                     self.metrics.consumer_pending.set(0)
                     continue
@@ -313,6 +319,7 @@ class EventConsumer:
                     log.warning("fetch failed: %s", exc)
                     await asyncio.sleep(self.config.fetch_timeout_s)
                     continue
+                self._fetch_size = batch_for(msgs, self.config.fetch_batch)
                 batch = asyncio.create_task(self.handle(msgs))
                 in_flight.add(batch)
                 batch.add_done_callback(in_flight.discard)
@@ -536,6 +543,19 @@ class EventConsumer:
         self.metrics.versions.set(len(self.state.versions))
         self.metrics.deployments.set(len(self.state.deployments))
         self.metrics.unsettled_templates.set(len(self.reconciler.unsettled))
+
+
+def batch_for(msgs: list[Msg], most: int) -> int:
+    """How many events to fetch next, so that a batch of events the size of these stays near FETCH_BYTES.
+
+    A fetch of `most` events near the 1 MiB cap is a gigabyte: more than the server lets a client
+    queue (it cuts a slow consumer off, and the deliveries in transit are lost until their ack wait)
+    and more than the controller's memory.
+    """
+    if not msgs:
+        return most
+    size = sum(len(msg.data) + sum(len(k) + len(v) for k, v in (msg.headers or {}).items()) for msg in msgs)
+    return max(1, min(most, FETCH_BYTES * len(msgs) // max(1, size)))
 
 
 def _echo(value: str | None) -> str | None:
