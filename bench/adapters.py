@@ -30,6 +30,7 @@ from events.stream import StreamSettings, provision_stream
 from events.types import AdapterVersionPublished, DeploymentAdapterAttached, EventKind
 from runtimes.local import LocalServer, free_port, runtime_command
 from runtimes.tiny_model import build_tiny_model
+from tests.fixtures.lora import lora_engine_args, make_adapter, replica_env
 
 TEMPLATE = "tiny"
 ADAPTER = "alpha"
@@ -38,32 +39,7 @@ PROMPT = "Templates are published as events"
 LOAD_REQUESTS = 24
 TARGET_RATIO = 0.1
 START_TIMEOUT = 900.0
-ENGINE_ARGS = (
-    "--dtype=float32",
-    "--enforce-eager",
-    "--max-model-len=512",
-    "--kv-cache-memory-bytes=67108864",
-    "--enable-lora",
-    "--max-loras=2",
-    f"--max-lora-rank={RANK}",
-)
-
-
-def make_adapter(model_dir: Path, out: Path, seed: int, *, safe: bool = True, rank: int = RANK) -> Path:
-    """A random-weight LoRA adapter of the tiny model, made with peft (B is non-zero, so it changes the output)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0.0, 0.5)
-    model.save_pretrained(str(out), safe_serialization=safe)
-    return out
+ENGINE_ARGS = lora_engine_args(max_loras=2, max_rank=RANK)
 
 
 def completion(base_url: str, model: str, max_tokens: int = 1) -> bool:
@@ -120,13 +96,7 @@ def main() -> int:
                 ],
             )
         )
-        env = {
-            "STOKEHOLD_NATS_URL": nats.url,
-            "STOKEHOLD_DEPLOYMENT": f"default/{TEMPLATE}",
-            "STOKEHOLD_TEMPLATE": TEMPLATE,
-            "STOKEHOLD_TEMPLATE_VERSION": "1",
-            "STOKEHOLD_ADAPTER_CACHE": str(cache),
-        }
+        env = replica_env(nats.url, TEMPLATE, cache)
         port = free_port()
         running = stack.enter_context(
             LocalServer(runtime_command(model_dir, TEMPLATE, port, *ENGINE_ARGS), port, root / "running.log", env)

@@ -129,7 +129,7 @@ class Controller:
             self.publisher = NatsPublisher(js, self.config.source, self.config.subject_root, self.metrics)
             self.reconciler = Reconciler(self.state, sink, self.config.render, self.publisher, self.metrics, sink_name=self.config.sink)
             self.consumer = EventConsumer(js, self.config, self.state, self.reconciler, self.publisher, self.metrics, client=self.nc)
-            await self.consumer.rebuild()
+            await self.consumer.rebuild_fully()
             self.rebuilt = True
             if self.config.leader_election:
                 await self._elect()
@@ -195,7 +195,7 @@ class Controller:
         self.role = "leader"
         self.metrics.leader.set(1)
         try:
-            await self.consumer.rebuild()  # events that arrived while standing by
+            await self.consumer.rebuild_fully()  # events that arrived while standing by
             clean = await self._resync(term, "initial reconciliation")
             subscription = await self.consumer.subscribe()
             self._started.set()

@@ -48,8 +48,10 @@ log = logging.getLogger(__name__)
 
 NO_TEMPLATE = "_"  # group of messages whose subject names no template
 REBUILD_BATCH = 2048
-FETCH_BYTES = 8 * 1024 * 1024  # what one fetch should bring at most (see `batch_for`)
+FETCH_BYTES = 4 * 1024 * 1024  # what one fetch of the durable consumer should bring at most (see `batch_for`)
+REBUILD_FETCH_BYTES = 2 * 1024 * 1024  # and one fetch of a rebuild, which reads while the consumer may be busy
 FIRST_FETCH = 64
+REBUILD_ATTEMPTS = 5
 REBUILD_STALL_S = 120.0  # a rebuild that gets no event for this long, with events still pending, fails
 BATCHES_IN_FLIGHT = 2
 # What a dead letter echoes of the rejected event: enough to find and understand it, never its size.
@@ -135,6 +137,7 @@ class EventConsumer:
         self._rebuilt = False
         self._reduced: set[int] = set()  # sequences reduced since the last rebuild and not settled yet
         self._last_delivery: int | None = None  # highest consumer sequence received
+        self._resequence_needed = False  # deliveries were lost and no rebuild has succeeded since
         # events per fetch, fewer when they are large (`batch_for`); the first fetch is small, as their size is not known
         self._fetch_size = min(config.fetch_batch, FIRST_FETCH)
         self._state_gate = asyncio.Lock()  # held while a rebuild replaces the state: no event is reduced meanwhile
@@ -167,6 +170,7 @@ class EventConsumer:
         )
         read = 0
         loop = asyncio.get_running_loop()
+        last: int | None = None  # the ephemeral consumer's delivery sequence: a gap is a delivery lost on the way
         try:
             pending = (await sub.consumer_info()).num_pending or 0
             stalled_since = loop.time()
@@ -183,15 +187,24 @@ class EventConsumer:
                         raise RebuildIncomplete(f"the stream stopped delivering with {pending} events still to read") from None
                     continue
                 stalled_since = loop.time()
-                batch = batch_for(msgs, REBUILD_BATCH)
+                batch = batch_for(msgs, REBUILD_BATCH, REBUILD_FETCH_BYTES)
                 for msg in msgs:
                     metadata = msg.metadata
+                    if last is not None and metadata.sequence.consumer != last + 1:
+                        raise RebuildIncomplete(f"{metadata.sequence.consumer - last - 1} events lost on the way while reading")
+                    last = metadata.sequence.consumer
                     pending = metadata.num_pending
                     state.stream_position = max(state.stream_position, metadata.sequence.stream)
                     read += 1
                     # an invalid or rejected event is dead-lettered when the durable consumer delivers it
                     with contextlib.suppress(InvalidEvent, Rejected):
                         state.apply(to_inbound(msg.subject, msg.headers, msg.data, metadata.sequence.stream, self.config.subject_root))
+            info = await sub.consumer_info()
+            delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+            if delivered != (last or 0):  # the last deliveries were lost: nothing came after them to show the gap
+                raise RebuildIncomplete(f"{delivered - (last or 0)} events lost on the way at the end of the stream")
+        except nats.errors.Error as exc:  # e.g. cut off while reading
+            raise RebuildIncomplete(f"reading the stream failed: {exc}") from exc
         finally:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await sub.unsubscribe()
@@ -213,6 +226,19 @@ class EventConsumer:
             },
         )
         return read
+
+    async def rebuild_fully(self) -> int:
+        """`rebuild`, read again from the start of the stream while a read is cut short (a state missing events is never used)."""
+        for attempt in range(1, REBUILD_ATTEMPTS + 1):
+            try:
+                return await self.rebuild()
+            except RebuildIncomplete as exc:
+                if attempt == REBUILD_ATTEMPTS:
+                    raise
+                log.warning("reading the stream was cut short (%s): reading it again from the start", exc)
+                self.state.take(self.state.cleared())
+                await asyncio.sleep(self.config.retry_delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _forget_settled_rejections(self, state: DesiredState) -> None:
         try:
@@ -267,6 +293,7 @@ class EventConsumer:
         await self.rebuild(into=fresh)
         self.state.take(fresh)
         self._reduced.clear()
+        self._resequence_needed = False
         self.metrics.order_rebuilds.inc()
 
     # --------------------------------------------------------------- consume
@@ -334,9 +361,18 @@ class EventConsumer:
         """Handle one fetched batch: groups by template concurrently, each group in order."""
         lost = self._lost_deliveries(msgs)
         if lost:
-            async with self._state_gate:
-                log.warning("%d deliveries lost on the way (a slow-consumer cut, a reconnect): rebuilding the state from the stream", lost)
-                await self._resequence()
+            log.warning("%d deliveries lost on the way (a slow-consumer cut, a reconnect): rebuilding the state from the stream", lost)
+            self._resequence_needed = True
+        if self._resequence_needed:
+            try:
+                async with self._state_gate:
+                    if self._resequence_needed:
+                        await self._resequence()
+            except Exception as exc:  # e.g. cut off again while reading: these events wait for a rebuild that succeeds
+                log.warning("rebuilding the state failed, retrying the events later: %s", exc)
+                for msg in msgs:
+                    await self._settle(msg.nak(delay=self.config.retry_delay(msg.metadata.num_delivered)))
+                return
         groups: dict[str, list[Delivery]] = defaultdict(list)
         for msg in msgs:
             metadata = msg.metadata
@@ -545,8 +581,8 @@ class EventConsumer:
         self.metrics.unsettled_templates.set(len(self.reconciler.unsettled))
 
 
-def batch_for(msgs: list[Msg], most: int) -> int:
-    """How many events to fetch next, so that a batch of events the size of these stays near FETCH_BYTES.
+def batch_for(msgs: list[Msg], most: int, budget: int = FETCH_BYTES) -> int:
+    """How many events to fetch next, so that a batch of events the size of these stays near `budget` bytes.
 
     A fetch of `most` events near the 1 MiB cap is a gigabyte: more than the server lets a client
     queue (it cuts a slow consumer off, and the deliveries in transit are lost until their ack wait)
@@ -555,7 +591,7 @@ def batch_for(msgs: list[Msg], most: int) -> int:
     if not msgs:
         return most
     size = sum(len(msg.data) + sum(len(k) + len(v) for k, v in (msg.headers or {}).items()) for msg in msgs)
-    return max(1, min(most, FETCH_BYTES * len(msgs) // max(1, size)))
+    return max(1, min(most, budget * len(msgs) // max(1, size)))
 
 
 def _echo(value: str | None) -> str | None:

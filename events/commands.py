@@ -36,7 +36,7 @@ from rich.markup import escape
 
 from events.codec import EventDataError, validate_data
 from events.display import REJECTION_COLUMNS, STATUS_COLUMNS, event_line, event_record, rejection_rows, status_rows
-from events.options import NatsConnectError, NatsOptions
+from events.options import NatsConnectError, NatsOptions, nats_client
 from events.outcome import Expected, Verdict, Waiter, answer_feed
 from events.publisher import Publisher, PublishError, PublishResult
 from events.reader import ReceivedEvent, StreamMissingError, follow, received, replay, status_subjects
@@ -130,16 +130,6 @@ def session_of(ctx: typer.Context) -> Session:
     if not isinstance(root.obj, Session):
         root.obj = Session()
     return root.obj
-
-
-@contextlib.asynccontextmanager
-async def nats_client(options: NatsOptions) -> AsyncIterator[NatsClient]:
-    """A connected client for the length of a block."""
-    client = await options.connect()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def run_connected(ctx: typer.Context, work: Callable[[NatsClient], Awaitable[T]]) -> T:

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -281,6 +281,16 @@ async def _abandon(client: NatsClient) -> None:
 _CUT_OFF = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, ssl.SSLEOFError)
 
 
+@contextlib.asynccontextmanager
+async def nats_client(options: NatsOptions) -> AsyncIterator[NatsClient]:
+    """A connected client for the length of a block (create it inside the loop that uses it)."""
+    client = await options.connect()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 def _is_auth_failure(exc: Exception) -> bool:
     return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
 
@@ -309,4 +319,4 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
-__all__ = ["DEFAULT_URL", "NatsConnectError", "NatsOptions", "TlsNotStartedError"]
+__all__ = ["DEFAULT_URL", "NatsConnectError", "NatsOptions", "TlsNotStartedError", "nats_client"]

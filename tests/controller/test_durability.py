@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +42,13 @@ from events.types import (
     template_subject,
 )
 from tests.controller.test_dir_sink import hostile_directory, set_immutable
-from tests.controller.test_integration import CATALOG, Env, settled, tiny, wait_for
+from tests.controller.test_integration import CATALOG, Env, env, settled, tiny, wait_for
 from tests.fixtures.controller_process import ControllerProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 MIB = 1024 * 1024
 JUNK = b"x" * 60_000
-
-
-@pytest.fixture
-async def env(nats_server: Any, tmp_path: Path) -> AsyncIterator[Env]:
-    nc = await nats.connect(nats_server.url)
-    environment = Env(nats_server.url, tmp_path / "gitops", nc)
-    await environment.listen()
-    yield environment
-    await nc.drain()
+__all__ = ["env"]  # the fixture, imported for this module's tests
 
 
 def settings_of(env: Env, **limits: Any) -> StreamSettings:

@@ -6,26 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from events.cli import app
 from events.stream import StreamSettings
+from tests.events.test_cli import _no_inherited_nats_env, cli
 
-
-@pytest.fixture(autouse=True)
-def _no_inherited_nats_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("URL", "USER", "PASSWORD", "TOKEN", "CREDS", "TLS_CA", "TLS_CERT", "TLS_KEY"):
-        monkeypatch.delenv(f"STOKEHOLD_NATS_{name}", raising=False)
-
-
-@pytest.fixture
-def cli(nats_url: str) -> Any:
-    runner = CliRunner()
-
-    def invoke(*args: str) -> Any:
-        return runner.invoke(app, ["--nats-url", nats_url, *args])
-
-    return invoke
+__all__ = ["_no_inherited_nats_env", "cli"]  # the fixtures, imported for this module's tests
 
 
 def stored(cli: Any) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from events.types import (
     status_filter,
 )
 from runtimes.local import LocalServer, free_port, runtime_command
+from tests.fixtures.lora import lora_engine_args, make_adapter, replica_env
 from tests.fixtures.nats import reset_stream, run_in_thread
 
 pytestmark = pytest.mark.vllm
@@ -45,24 +46,6 @@ PROMPT = "Templates are published as events"
 MAX_LORAS = 2
 MAX_RANK = 8
 START_TIMEOUT = 600
-
-
-def make_adapter(model_dir: Path, out: Path, seed: int, *, safe: bool = True, rank: int = 8) -> Path:
-    """A random-weight LoRA adapter of the tiny model (non-zero B, so it changes the output)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    model = get_peft_model(base, config)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0.0, 0.5)
-    model.save_pretrained(str(out), safe_serialization=safe)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -83,26 +66,8 @@ def nats() -> Iterator[LocalNatsServer]:
 
 def replica(model_dir: Path, cache: Path, nats: LocalNatsServer, name: str, logs: Path) -> LocalServer:
     port = free_port()
-    env = {
-        "STOKEHOLD_NATS_URL": nats.url,
-        "STOKEHOLD_DEPLOYMENT": f"default/{TEMPLATE}",
-        "STOKEHOLD_TEMPLATE": TEMPLATE,
-        "STOKEHOLD_TEMPLATE_VERSION": "1",
-        "STOKEHOLD_ADAPTER_CACHE": str(cache),
-        "STOKEHOLD_REPLICA": name,
-    }
-    command = runtime_command(
-        model_dir,
-        MODEL,
-        port,
-        "--dtype=float32",
-        "--enforce-eager",
-        "--max-model-len=512",
-        "--kv-cache-memory-bytes=67108864",
-        "--enable-lora",
-        f"--max-loras={MAX_LORAS}",
-        f"--max-lora-rank={MAX_RANK}",
-    )
+    env = replica_env(nats.url, TEMPLATE, cache) | {"STOKEHOLD_REPLICA": name}
+    command = runtime_command(model_dir, MODEL, port, *lora_engine_args(MAX_LORAS, MAX_RANK))
     return LocalServer(command, port, logs / f"{name}.log", env)
 
 

@@ -161,11 +161,9 @@ def test_a_named_tool_choice_returns_that_call_with_valid_arguments(
     assert choice.finish_reason in {"stop", "tool_calls"}
 
 
-def test_required_tool_choice_returns_calls_with_valid_arguments(
-    client: OpenAI, version: ModelTemplateVersion, no_whitespace: dict[str, int]
-) -> None:
+def one_required_call(client: OpenAI, version: ModelTemplateVersion, no_whitespace: dict[str, int], *, stream: bool) -> Any:
     # parallel_tool_calls=False: the grammar allows exactly one call, so the bound holds whatever the weights
-    reply = client.chat.completions.create(
+    return client.chat.completions.create(
         model=version.served_model_name,
         messages=ASK,  # type: ignore[arg-type]
         tools=TOOLS,
@@ -173,22 +171,20 @@ def test_required_tool_choice_returns_calls_with_valid_arguments(
         parallel_tool_calls=False,
         max_tokens=BOUND,
         logit_bias=no_whitespace,
+        stream=stream,
     )
+
+
+def test_required_tool_choice_returns_calls_with_valid_arguments(
+    client: OpenAI, version: ModelTemplateVersion, no_whitespace: dict[str, int]
+) -> None:
+    reply = one_required_call(client, version, no_whitespace, stream=False)
     assert len(assert_valid_calls(reply.choices[0].message, set(PARAMETERS))) == 1
     assert reply.choices[0].finish_reason in {"stop", "tool_calls"}
 
 
 def test_required_tool_choice_streams_valid_calls(client: OpenAI, version: ModelTemplateVersion, no_whitespace: dict[str, int]) -> None:
-    stream = client.chat.completions.create(
-        model=version.served_model_name,
-        messages=ASK,  # type: ignore[arg-type]
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=BOUND,
-        logit_bias=no_whitespace,
-        stream=True,
-    )
+    stream = one_required_call(client, version, no_whitespace, stream=True)
     calls: dict[int, dict[str, str]] = {}
     for chunk in stream:
         for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:

@@ -1,14 +1,16 @@
 """Shared by the security tests: hostile inputs, raw (unvalidated) events, the walk over stored objects,
-and the controller run in-process."""
+the controller run in-process and a stokehold command run as a user does."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import json
+import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from controller.app import Controller
@@ -19,6 +21,7 @@ from events.codec import NATS_MSG_ID
 from templates.catalog import load_catalog
 from tests.k8s_emulator import KubernetesEmulator
 
+REPO = Path(__file__).resolve().parents[2]
 MARKER = "pwned"  # every hostile value carries it, so a stored object can be searched for all of them at once
 # shaped like a Hugging Face token (not a real one): what a careless publisher pastes instead of a Secret reference
 HF_TOKEN = "hf_pwnedAbCdEfGhIjKlMnOpQrStUvWxYz012345"
@@ -118,3 +121,21 @@ async def running_controller(flags: dict[str, Any]) -> AsyncIterator[Controller]
     finally:
         controller.stop()  # with leader election it steps down: the Lease is released
         await asyncio.wait_for(task, 30)
+
+
+async def run_stokehold(command: list[str], environment: dict[str, str]) -> tuple[int, str]:
+    """Run a stokehold command to its end (killed after 60 s), with no STOKEHOLD_ variable inherited but `environment`;
+    its exit status and its output, both streams."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("STOKEHOLD_")}
+    env |= {"PYTHONPATH": str(REPO), **environment}
+    process = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")

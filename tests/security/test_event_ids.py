@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import sys
 import uuid
@@ -34,8 +33,8 @@ from events.local_server import LocalNatsServer
 from events.reader import replay
 from templates.catalog import CATALOG_DIR, load_file
 from tests.fixtures.figures import FiguresRecorder
+from tests.security.hostile import run_stokehold
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = CATALOG_DIR / "tiny-demo.yaml"
 ATTACKER_SUBJECT = "stokehold.templates.attacker.deployment.requested"  # the attacker's own template
 NAMESPACE = "llm"
@@ -104,19 +103,9 @@ async def controller(url: str, directory: Path) -> AsyncIterator[Controller]:
 
 async def cli(url: str, *args: str) -> str:
     """Run the `stokehold` command as a user does; its output. Fails the test on a non-zero exit."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("STOKEHOLD_")} | {"PYTHONPATH": str(REPO)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "events", "--nats-url", url, *args,
-        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, output.decode(errors="replace")
-    return output.decode(errors="replace")
+    code, output = await run_stokehold([sys.executable, "-m", "events", "--nats-url", url, *args], {})
+    assert code == 0, output
+    return output
 
 
 async def claim(client: NatsClient, ids: list[str]) -> int:

@@ -25,8 +25,8 @@ from events.local_server import TlsFiles
 from events.options import NatsConnectError, NatsOptions
 from tests.fixtures.figures import FiguresRecorder
 from tests.fixtures.tls import build_pki
+from tests.security.hostile import run_stokehold
 
-REPO = Path(__file__).resolve().parents[2]
 USER, PASSWORD, TOKEN = "tenant-a", "correct-horse-battery-staple", "s3cr3t-t0ken-for-nats"
 SECRETS = (PASSWORD.encode(), TOKEN.encode())
 REFUSAL = "the server did not start TLS (its INFO lacks tls_required); no credentials were sent"
@@ -170,14 +170,14 @@ async def test_the_cli_and_the_controller_send_no_credentials_to_a_downgrading_s
         url = server.url("tls")
 
         flags = ["--nats-url", url, "--tls-ca", ca, "--nats-user", USER, "--nats-password", PASSWORD, "stream", "info"]
-        by_flags = await _run([sys.executable, "-m", "events", *flags], {})
+        by_flags = await run_stokehold([sys.executable, "-m", "events", *flags], {})
         environment = {
             "STOKEHOLD_NATS_URL": url,
             "STOKEHOLD_NATS_TLS_CA": ca,
             "STOKEHOLD_NATS_USER": USER,
             "STOKEHOLD_NATS_PASSWORD": PASSWORD,
         }
-        by_env = await _run([sys.executable, "-m", "events", "stream", "info"], environment)
+        by_env = await run_stokehold([sys.executable, "-m", "events", "stream", "info"], environment)
         controller_args = [
             "-m",
             "controller",
@@ -191,7 +191,7 @@ async def test_the_cli_and_the_controller_send_no_credentials_to_a_downgrading_s
             "--metrics-port",
             "0",
         ]
-        controller = await _run([sys.executable, *controller_args], environment)
+        controller = await run_stokehold([sys.executable, *controller_args], environment)
         trials += 3
         await _closed(server)
 
@@ -216,23 +216,6 @@ async def test_the_cli_and_the_controller_send_no_credentials_to_a_downgrading_s
     )
     assert server.attempts == trials, "each client tried once and gave up"
     assert credentials_sent == 0 and bytes_received == 0
-
-
-async def _run(command: list[str], environment: dict[str, str]) -> tuple[int, str]:
-    """Run a stokehold command to its end (killed after 60 s); its exit status and its output, both streams."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("STOKEHOLD_")}
-    env |= {"PYTHONPATH": str(REPO), **environment}
-    process = await asyncio.create_subprocess_exec(
-        *command, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, output.decode(errors="replace")
 
 
 async def _closed(server: FakeServer) -> None:
