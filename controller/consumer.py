@@ -12,8 +12,15 @@ Poison ends: a dead letter is bounded (reason and echoed attributes clipped), so
 always fits the stream; an event whose handling fails is retried until its
 `max_deliveries`-th delivery, which terminates it with a log line and
 `stokehold_controller_gave_up` (a sink outage loses nothing by that: the event is in the
-desired state already, and the controller retries the sink by itself). A rejected event changed nothing, so it is also
-deleted from the desired-state stream: junk does not hold the stream's capacity.
+desired state already, and the controller retries the sink by itself). A rejected event
+changed nothing, so it is also deleted from the desired-state stream: junk does not hold
+the stream's capacity.
+
+Order survives lost deliveries: fetches are sized in bytes, so the server does not cut the
+controller off as a slow consumer; when deliveries are lost anyway (a gap in the durable
+consumer's delivery sequence), the state is rebuilt from the stream in order before
+anything more is handled, since the lost events come back only after their ack wait,
+behind later ones of their templates.
 """
 
 from __future__ import annotations
@@ -35,12 +42,12 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from controller.config import ControllerConfig
+from controller.junk import JunkRemover
 from controller.logs import clip
 from controller.metrics import ControllerMetrics
 from controller.reconciler import Reconciler, ReconcileResult
 from controller.state import Change, DeploymentKey, DesiredState, InboundEvent, Rejected, adapters_requested
 from events.codec import EventDecodeError, decode
-from events.stream import delete_message
 from events.types import EventAccepted, EventKind, EventRejected, inbound_filter, template_of_subject, template_subject
 from templates.naming import is_dns1123_label
 
@@ -49,7 +56,7 @@ log = logging.getLogger(__name__)
 NO_TEMPLATE = "_"  # group of messages whose subject names no template
 REBUILD_BATCH = 2048
 FETCH_BYTES = 4 * 1024 * 1024  # what one fetch of the durable consumer should bring at most (see `batch_for`)
-REBUILD_FETCH_BYTES = 2 * 1024 * 1024  # and one fetch of a rebuild, which reads while the consumer may be busy
+MIN_FETCH_BYTES = 64 * 1024  # halved down to this while deliveries are lost on the way (the server cuts a slow client)
 FIRST_FETCH = 64
 REBUILD_ATTEMPTS = 5
 REBUILD_STALL_S = 120.0  # a rebuild that gets no event for this long, with events still pending, fails
@@ -57,10 +64,6 @@ BATCHES_IN_FLIGHT = 2
 # What a dead letter echoes of the rejected event: enough to find and understand it, never its size.
 MAX_REASON_CHARS = 2048
 MAX_ECHO_CHARS = 256
-DELETE_TIMEOUT_S = 10.0
-DELETE_PROBE_TIMEOUT_S = 5.0
-DELETIONS_IN_FLIGHT = 16
-DELETE_ATTEMPTS = 5
 
 
 class DeadLetters(Protocol):
@@ -125,7 +128,6 @@ class EventConsumer:
         client: NatsClient | None = None,  # deletes rejected events from the desired-state stream; without it they stay
     ) -> None:
         self.js = js
-        self.client = client
         self.config = config
         self.state = state
         self.reconciler = reconciler
@@ -140,10 +142,9 @@ class EventConsumer:
         self._resequence_needed = False  # deliveries were lost and no rebuild has succeeded since
         # events per fetch, fewer when they are large (`batch_for`); the first fetch is small, as their size is not known
         self._fetch_size = min(config.fetch_batch, FIRST_FETCH)
+        self._fetch_bytes = FETCH_BYTES
         self._state_gate = asyncio.Lock()  # held while a rebuild replaces the state: no event is reduced meanwhile
-        self._deletions_allowed = True  # see `_probe_deletions`
-        self._deletions: set[asyncio.Task[None]] = set()
-        self._deletion_slots = asyncio.Semaphore(DELETIONS_IN_FLIGHT)
+        self.junk = JunkRemover(client, config.stream, config.retry_delay)
 
     # --------------------------------------------------------------- rebuild
 
@@ -174,7 +175,7 @@ class EventConsumer:
         try:
             pending = (await sub.consumer_info()).num_pending or 0
             stalled_since = loop.time()
-            batch = REBUILD_BATCH
+            batch = FIRST_FETCH  # until the size of the events is known
             while pending > 0:
                 try:
                     msgs = await sub.fetch(min(batch, pending), timeout=5.0)
@@ -187,7 +188,7 @@ class EventConsumer:
                         raise RebuildIncomplete(f"the stream stopped delivering with {pending} events still to read") from None
                     continue
                 stalled_since = loop.time()
-                batch = batch_for(msgs, REBUILD_BATCH, REBUILD_FETCH_BYTES)
+                batch = batch_for(msgs, REBUILD_BATCH, self._fetch_bytes // 2)  # a rebuild reads while the consumer may be busy
                 for msg in msgs:
                     metadata = msg.metadata
                     if last is not None and metadata.sequence.consumer != last + 1:
@@ -235,6 +236,7 @@ class EventConsumer:
             except RebuildIncomplete as exc:
                 if attempt == REBUILD_ATTEMPTS:
                     raise
+                self._fetch_bytes = max(MIN_FETCH_BYTES, self._fetch_bytes // 2)
                 log.warning("reading the stream was cut short (%s): reading it again from the start", exc)
                 self.state.take(self.state.cleared())
                 await asyncio.sleep(self.config.retry_delay(attempt))
@@ -299,7 +301,7 @@ class EventConsumer:
     # --------------------------------------------------------------- consume
 
     async def subscribe(self) -> JetStreamContext.PullSubscription:
-        await self._probe_deletions()
+        await self.junk.probe()
         return await self.js.pull_subscribe(
             self._filter,
             durable=self.config.durable,
@@ -346,20 +348,22 @@ class EventConsumer:
                     log.warning("fetch failed: %s", exc)
                     await asyncio.sleep(self.config.fetch_timeout_s)
                     continue
-                self._fetch_size = batch_for(msgs, self.config.fetch_batch)
+                self._fetch_size = batch_for(msgs, self.config.fetch_batch, self._fetch_bytes)
                 batch = asyncio.create_task(self.handle(msgs))
                 in_flight.add(batch)
                 batch.add_done_callback(in_flight.discard)
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
-            await self._finish_deletions()
+            await self.junk.finish()
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await sub.unsubscribe()
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Handle one fetched batch: groups by template concurrently, each group in order."""
         lost = self._lost_deliveries(msgs)
+        # fetch less while deliveries are lost (the server cuts a client that does not read fast enough), more again after
+        self._fetch_bytes = max(MIN_FETCH_BYTES, self._fetch_bytes // 2) if lost else min(FETCH_BYTES, self._fetch_bytes * 5 // 4)
         if lost:
             log.warning("%d deliveries lost on the way (a slow-consumer cut, a reconnect): rebuilding the state from the stream", lost)
             self._resequence_needed = True
@@ -369,6 +373,7 @@ class EventConsumer:
                     if self._resequence_needed:
                         await self._resequence()
             except Exception as exc:  # e.g. cut off again while reading: these events wait for a rebuild that succeeds
+                self._fetch_bytes = max(MIN_FETCH_BYTES, self._fetch_bytes // 2)
                 log.warning("rebuilding the state failed, retrying the events later: %s", exc)
                 for msg in msgs:
                     await self._settle(msg.nak(delay=self.config.retry_delay(msg.metadata.num_delivered)))
@@ -493,7 +498,7 @@ class EventConsumer:
         self.metrics.dead_letters.inc()
         self._count(delivery, "rejected")
         if changed_nothing:
-            self._delete(delivery.sequence)
+            self.junk.remove(delivery.sequence)
 
     async def _retry(self, delivery: Delivery, why: str, retry_after: float | None = None) -> None:
         """Nak for another delivery after a growing delay; on the last allowed delivery, terminate instead."""
@@ -512,52 +517,6 @@ class EventConsumer:
         delay = max(self.config.retry_delay(delivery.deliveries), retry_after or 0.0)
         await self._settle(delivery.msg.nak(delay=delay))
         self._count(delivery, "retried")
-
-    def _delete(self, sequence: int) -> None:
-        """Remove a rejected event from the desired-state stream, in the background: it only frees capacity."""
-        if self.client is None or not self._deletions_allowed:
-            return
-        task = asyncio.create_task(self._delete_now(self.client, sequence))
-        self._deletions.add(task)
-        task.add_done_callback(self._deletions.discard)
-
-    async def _delete_now(self, client: NatsClient, sequence: int) -> None:
-        async with self._deletion_slots:
-            for attempt in range(1, DELETE_ATTEMPTS + 1):
-                try:
-                    await delete_message(client, self.config.stream, sequence, wait_s=DELETE_TIMEOUT_S)
-                    return
-                except nats.js.errors.APIError as exc:  # answered: e.g. already gone
-                    log.debug("rejected event not deleted from the stream: %s", exc, extra={"stream_sequence": sequence})
-                    return
-                except (nats.errors.Error, TimeoutError) as exc:  # e.g. a reconnect, a busy server: try again
-                    if attempt == DELETE_ATTEMPTS:
-                        reason = str(exc) or type(exc).__name__
-                        log.warning("cannot delete the rejected event from the stream: %s", reason, extra={"stream_sequence": sequence})
-                        return
-                await asyncio.sleep(self.config.retry_delay(attempt))
-
-    async def _probe_deletions(self) -> None:
-        """Whether the controller may delete from the desired-state stream: the server answers a delete of sequence 0
-        with an error when it may; without the permission the request goes unanswered."""
-        if self.client is None:
-            return
-        try:
-            await delete_message(self.client, self.config.stream, 0, wait_s=DELETE_PROBE_TIMEOUT_S)
-        except nats.js.errors.APIError:
-            self._deletions_allowed = True
-        except (nats.errors.Error, TimeoutError):
-            self._deletions_allowed = False
-            log.warning(
-                "cannot delete rejected events from the stream %s: they stay and hold its capacity; "
-                "grant the controller $JS.API.STREAM.MSG.DELETE.%s",
-                self.config.stream,
-                self.config.stream,
-            )
-
-    async def _finish_deletions(self) -> None:
-        if self._deletions:
-            await asyncio.wait(set(self._deletions), timeout=DELETE_TIMEOUT_S)
 
     def _settled(self, sequence: int) -> None:
         self.state.settled(sequence)
