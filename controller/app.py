@@ -33,6 +33,7 @@ from controller.ops import OpsServer, Readiness
 from controller.publisher import NatsPublisher
 from controller.reconciler import Reconciler
 from controller.sinks.base import Sink, TransientSinkError
+from controller.sinks.cache import CacheSink, KubeCacheSink
 from controller.sinks.dir import DirSink
 from controller.sinks.kube import KubeSink
 from controller.state import DesiredState
@@ -90,6 +91,7 @@ class Controller:
         self.publisher: NatsPublisher | None = None
         self._sink = sink
         self._api_client = api_client
+        self._cache_sink: CacheSink | None = None
         self._stop = asyncio.Event()
         self._term: asyncio.Event | None = None  # set when the current leadership term ends
         self._started = asyncio.Event()
@@ -127,7 +129,12 @@ class Controller:
                 self._api_client = build_api_client(self.config)
             sink = self._sink or build_sink(self.config, self._api_client, self.metrics)
             self.publisher = NatsPublisher(js, self.config.source, self.config.subject_root, self.metrics)
-            self.reconciler = Reconciler(self.state, sink, self.config.render, self.publisher, self.metrics, sink_name=self.config.sink)
+            if self.config.sink == "kube" and self._api_client is not None and self.config.render.model_cache_mode != "off":
+                # pre-download Jobs and LocalModelCaches need a cluster: with the dir sink, replicas fill the cache themselves
+                self._cache_sink = KubeCacheSink(self._api_client, namespaces=self.config.namespaces)
+            self.reconciler = Reconciler(
+                self.state, sink, self.config.render, self.publisher, self.metrics, sink_name=self.config.sink, cache_sink=self._cache_sink
+            )
             self.consumer = EventConsumer(js, self.config, self.state, self.reconciler, self.publisher, self.metrics, client=self.nc)
             await self.consumer.rebuild_fully()
             self.rebuilt = True
@@ -323,6 +330,9 @@ class Controller:
         if sink is not None:
             with contextlib.suppress(Exception):
                 await sink.close()
+        if self._cache_sink is not None:
+            with contextlib.suppress(Exception):
+                await self._cache_sink.close()
         await self.ops.stop()
         log.info("controller stopped")
 

@@ -13,6 +13,12 @@ A live object that is no longer desired is deleted only on explicit evidence: a
 is kept and reported once: a warning, the `stokehold_controller_kept_objects` gauge and a
 `deployment.applied` with action `kept`. It stays until a `deployment.deleted` names it.
 
+Before the InferenceServices, the model cache of the template's cached versions (its latest and those
+deployed) is warmed: a pre-download Job in each namespace the template is deployed to (and the configured
+`cache_namespaces`), or a LocalModelCache (controller/render_cache.py). These are only created, never
+changed, and only when missing; a failure is reported (`template.version.load_status` FAILED) and retried
+by later reconciliations, and never holds up the InferenceServices: a replica fills the cache itself.
+
 Templates whose last reconciliation hit a transient sink error are remembered
 (`unsettled`, `troubled`), so that the controller retries them with backoff until the sink
 recovers, without waiting for new events or the periodic resync.
@@ -32,10 +38,12 @@ from pydantic import BaseModel
 from controller.labels import STOP_ANNOTATION, TEMPLATE_LABEL, VERSION_LABEL, Object, content_hash_of
 from controller.metrics import ControllerMetrics
 from controller.render import RenderError, render_inference_service, scale_plan
+from controller.render_cache import CachePlan, cache_location, cache_plan, render_cache_job, render_local_model_cache
 from controller.render_config import RenderConfig
-from controller.sinks.base import ApplyAction, PermanentSinkError, Sink, TransientSinkError
+from controller.sinks.base import ApplyAction, PermanentSinkError, Sink, SinkError, TransientSinkError
+from controller.sinks.cache import CacheSink
 from controller.state import Deployment, DeploymentKey, DesiredState
-from events.types import DeploymentApplied, DeploymentFailed, DeploymentLoadStatus, EventKind, LoadStatus
+from events.types import DeploymentApplied, DeploymentFailed, DeploymentLoadStatus, EventKind, LoadStatus, VersionLoadStatus
 from templates.schema import ModelTemplateVersion
 
 log = logging.getLogger(__name__)
@@ -98,9 +106,13 @@ class Reconciler:
         reporter: Reporter,
         metrics: ControllerMetrics | None = None,
         sink_name: str = "sink",
+        cache_sink: CacheSink | None = None,
     ) -> None:
         self.state = state
         self.sink = sink
+        self.cache_sink = cache_sink  # None: nothing warms the model cache ahead (replicas fill it themselves)
+        self._warmed: set[tuple[str, str, str]] = set()  # (kind, namespace, name) of cache objects known to exist
+        self._cache_reported: dict[tuple[str, str, str], str] = {}  # cache problems reported, by object: each reason once
         self.render_config = render_config
         self.reporter = reporter
         self.metrics = metrics or ControllerMetrics()
@@ -172,6 +184,7 @@ class Reconciler:
 
     async def _reconcile(self, template: str, addressed: set[DeploymentKey]) -> ReconcileResult:
         result = ReconcileResult()
+        await self._warm(template)
         desired: dict[DeploymentKey, tuple[Deployment, ModelTemplateVersion, Object]] = {}
         for deployment in self.state.deployments_of(template):
             version = self.state.version_for(deployment)
@@ -211,6 +224,84 @@ class Reconciler:
             if unserved is not None and unserved.template == template:  # requested, but nothing to serve
                 await self._announce(unserved, None, ApplyAction.UNCHANGED.value, None, note="no version of the template to serve")
         return result
+
+    async def _warm(self, template: str) -> None:
+        """Make sure the model cache of the template's cached versions is being filled (never raises)."""
+        config = self.render_config
+        if self.cache_sink is None or config.model_cache_mode == "off":
+            return
+        versions: dict[int, ModelTemplateVersion] = {}
+        latest = self.state.versions.latest(template)
+        if latest is not None:
+            versions[latest.version] = latest  # warm on publish, before anything is deployed
+        namespaces: set[str] = set()
+        for deployment in self.state.deployments_of(template):
+            version = self.state.version_for(deployment)
+            if version is not None:
+                versions[version.version] = version  # at the latest when first deployed
+                namespaces.add(deployment.namespace)
+        served = self.state.allowed_namespaces - self.state.reserved_namespaces
+        namespaces |= {namespace for namespace in config.cache_namespaces if namespace in served}
+        for number in sorted(versions):
+            version = versions[number]
+            try:
+                plan = cache_plan(version, config)
+                if plan.note is not None:
+                    await self._cache_problem(version, plan, ("note", template, str(number)), plan.note)
+                if plan.mode == "job" and plan.pvc is not None:
+                    objects = [render_cache_job(version, namespace, config, plan.pvc) for namespace in sorted(namespaces)]
+                elif plan.mode == "localmodelcache":
+                    objects = [render_local_model_cache(version, config)]
+                else:
+                    continue
+            except Exception as exc:  # a version the renderer cannot cache must not stop its deployments
+                log.exception("cannot render the model cache of %s", version.ref, extra={"template": template})
+                await self._cache_problem(version, CachePlan(None, None), ("render", template, str(number)), f"{type(exc).__name__}: {exc}")
+                continue
+            for obj in objects:
+                await self._ensure_cached(version, plan, obj)
+
+    async def _ensure_cached(self, version: ModelTemplateVersion, plan: CachePlan, obj: Object) -> None:
+        metadata = obj["metadata"]
+        key = (str(obj["kind"]), str(metadata.get("namespace", "")), str(metadata["name"]))
+        if key in self._warmed or self.cache_sink is None:
+            return
+        where = f"{key[0]} {key[1]}/{key[2]}" if key[1] else f"{key[0]} {key[2]}"
+        try:
+            created = await self.cache_sink.ensure(obj)
+        except Exception as exc:  # SinkError, or anything else: warming is best effort, the deployment goes on
+            detail = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
+            reason = f"could not create {where} to warm the model cache: {detail}; replicas fill it themselves"
+            await self._cache_problem(version, plan, key, reason)
+            return
+        self._warmed.add(key)
+        self._cache_reported.pop(key, None)
+        if not created:
+            return
+        log.info("created %s for %s", where, version.ref, extra={"template": version.name, "version": version.version})
+        if plan.mode == "localmodelcache":  # KServe downloads it; a Job's filler reports its own progress
+            await self._version_load_status(version, plan, LoadStatus.DOWNLOADING, None)
+
+    async def _cache_problem(self, version: ModelTemplateVersion, plan: CachePlan, key: tuple[str, str, str], reason: str) -> None:
+        if self._cache_reported.get(key) == reason:
+            return
+        self._cache_reported[key] = reason
+        log.warning("model cache of %s: %s", version.ref, reason, extra={"template": version.name, "version": version.version})
+        await self._version_load_status(version, plan, LoadStatus.FAILED, reason)
+
+    async def _version_load_status(self, version: ModelTemplateVersion, plan: CachePlan, status: LoadStatus, reason: str | None) -> None:
+        await self.reporter.report(
+            EventKind.VERSION_LOAD_STATUS,
+            VersionLoadStatus(
+                template=version.name,
+                version=version.version,
+                content_hash=version.content_hash,
+                status=status,
+                reason=reason,
+                cache=cache_location(version, self.render_config, plan),
+            ),
+            version.name,
+        )
 
     async def _keep(self, template: str, key: DeploymentKey, result: ReconcileResult) -> None:
         """Leave a live object whose desired state is missing alone, and report it once."""
@@ -348,6 +439,9 @@ class Reconciler:
         if version is not None:
             plan = scale_plan(version, deployment)
             scale_to_zero, note = plan.scale_to_zero, note or plan.note
+            cache_note = cache_plan(version, self.render_config).note  # storage.cache asked for, nowhere to cache
+            if cache_note is not None:
+                note = f"{note}; {cache_note}" if note else cache_note
         await self.reporter.report(
             EventKind.DEPLOYMENT_APPLIED,
             DeploymentApplied(

@@ -28,11 +28,15 @@ from controller.labels import (
     VERSION_LABEL,
     Object,
 )
+from controller.render_cache import CachePlan, bus_env, cache_dir, cache_plan, compile_cache_dir, secret_env, storage_env_from
 from controller.render_config import RenderConfig
 from controller.state import Deployment
 from runtimes.engine_args import (
     ENV_ADAPTER_CACHE,
+    ENV_COMPILE_CACHE,
+    ENV_CONTENT_HASH,
     ENV_DEPLOYMENT,
+    ENV_MODEL_SOURCE,
     ENV_TEMPLATE,
     ENV_TEMPLATE_VERSION,
     api_key_mount,
@@ -124,22 +128,28 @@ def render_inference_service(
     spec = version.spec
     scaling = effective_scaling(version, deployment)
     plan = scale_plan(version, deployment, scaling)
+    cache = cache_plan(version, config)
     local = spec.source_scheme == "local"
 
+    args = engine_cli_args(spec, version.served_model_name)
+    if cache.mode == "job":  # the runtime reads the cached folder (and fills it first if the Job has not)
+        args = [f"--model={cache_dir(version, config)}" if arg.startswith("--model=") else arg for arg in args]
     model: dict[str, Any] = {
         "modelFormat": {"name": config.model_format},
         "runtime": config.multinode_runtime if plan.multinode else config.runtime,
-        "args": engine_cli_args(spec, version.served_model_name),
-        "env": _env(version, config),
+        "args": args,
+        "env": _env(version, config, cache),
         "resources": _resources(version, config),
     }
-    if not local:
+    if not local and cache.mode != "job":  # no storageUri for the Job path: KServe would download again, read-only
         model["storageUri"] = spec.source
+    if cache.mode == "job" and config.storage_secret:
+        model["envFrom"] = storage_env_from(config)
     predictor: dict[str, Any] = {"model": model, "minReplicas": plan.min_replicas, "maxReplicas": plan.max_replicas}
     predictor.update(_placement(version, config))
-    if spec.storage.cache_pvc:
+    if cache.pvc:
         model["volumeMounts"] = [{"name": MODEL_CACHE_VOLUME, "mountPath": config.model_cache_mount}]
-        predictor["volumes"] = [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.storage.cache_pvc}}]
+        predictor["volumes"] = [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache.pvc}}]
     if spec.serving is not None and spec.serving.api_key_secret is not None:
         # a mounted file, not an env var: the runtime re-reads it when the Secret is rotated
         volume, mount, env = api_key_mount(spec.serving.api_key_secret)
@@ -147,7 +157,10 @@ def render_inference_service(
         model["env"].append(env)
         predictor.setdefault("volumes", []).append(volume)
     if spec.engine.lora is not None:
-        _follow_adapters(version, deployment, config, model, predictor)
+        _follow_adapters(config, cache, model, predictor)
+    model["env"] += _bus_env(version, deployment, config)
+    deadline = config.cold_start.deadline_seconds(spec.model_size_gb, local_source=local)
+    model["startupProbe"] = _startup_probe(deadline, config)
 
     annotations = {VERSION_HASH_ANNOTATION: version.content_hash, SERVED_MODEL_ANNOTATION: version.served_model_name}
     if spec.engine.lora is not None and config.adapters_annotation:
@@ -158,7 +171,6 @@ def render_inference_service(
         predictor["workerSpec"] = _worker_spec(version, config)
     else:
         annotations[DEPLOYMENT_MODE_ANNOTATION] = _mode_name(KNATIVE, config)
-        deadline = config.cold_start.deadline_seconds(spec.model_size_gb, local_source=local)
         annotations[PROGRESS_DEADLINE_ANNOTATION] = f"{deadline}s"
         predictor["scaleMetric"] = "concurrency"
         predictor["scaleTarget"] = scaling.target_concurrency
@@ -208,40 +220,50 @@ def _labels(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, st
     return labels
 
 
-def _env(version: ModelTemplateVersion, config: RenderConfig) -> list[dict[str, Any]]:
+def _env(version: ModelTemplateVersion, config: RenderConfig, cache: CachePlan) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(runtime_env(version.spec).items())]
-    if version.spec.storage.cache_pvc:
+    if cache.pvc:  # a model-cache volume is mounted: the runtime keeps its compile cache there, keyed by the content hash
         env.append({"name": "HF_HOME", "value": f"{config.model_cache_mount}/huggingface"})
+        env.append({"name": ENV_CONTENT_HASH, "value": version.content_hash})
+        env.append({"name": ENV_COMPILE_CACHE, "value": compile_cache_dir(config)})
+    if cache.mode == "job":
+        env.append({"name": ENV_MODEL_SOURCE, "value": version.spec.source})
     secret = version.spec.storage.hf_token_secret or config.hf_token_secret
     if secret is not None:
-        env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+        env.append(secret_env(HF_TOKEN_ENV, secret))
     return env
 
 
-def _follow_adapters(
-    version: ModelTemplateVersion, deployment: Deployment, config: RenderConfig, model: dict[str, Any], predictor: dict[str, Any]
-) -> None:
-    """What a LoRA runtime needs to follow its deployment's adapter events: who it is, the bus, a cache to download into."""
-    if version.spec.storage.cache_pvc:
-        cache = f"{config.model_cache_mount}/adapters"
-    else:
-        cache = config.adapter_cache_mount
-        model.setdefault("volumeMounts", []).append({"name": ADAPTER_CACHE_VOLUME, "mountPath": cache})
-        predictor.setdefault("volumes", []).append({"name": ADAPTER_CACHE_VOLUME, "emptyDir": {}})
+def _bus_env(version: ModelTemplateVersion, deployment: Deployment, config: RenderConfig) -> list[dict[str, Any]]:
+    """Who the runtime is and the bus it publishes its start phases (and, with LoRA, follows adapter events) on."""
     env: list[dict[str, Any]] = [
         {"name": ENV_DEPLOYMENT, "value": f"{deployment.namespace}/{deployment.name}"},
         {"name": ENV_TEMPLATE, "value": version.name},
         {"name": ENV_TEMPLATE_VERSION, "value": str(version.version)},
-        {"name": ENV_ADAPTER_CACHE, "value": cache},
-        {"name": "STOKEHOLD_NATS_URL", "value": config.runtime_nats_url},
     ]
-    if config.runtime_nats_user:
-        env.append({"name": "STOKEHOLD_NATS_USER", "value": config.runtime_nats_user})
-    secrets = {"STOKEHOLD_NATS_PASSWORD": config.runtime_nats_password_secret, "STOKEHOLD_NATS_TOKEN": config.runtime_nats_token_secret}
-    for name, secret in secrets.items():
-        if secret is not None:
-            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
-    model["env"].extend(env)
+    return env + bus_env(config)
+
+
+def _follow_adapters(config: RenderConfig, cache: CachePlan, model: dict[str, Any], predictor: dict[str, Any]) -> None:
+    """A cache for a LoRA runtime to download its deployment's adapters into."""
+    if cache.pvc:
+        folder = f"{config.model_cache_mount}/adapters"
+    else:
+        folder = config.adapter_cache_mount
+        model.setdefault("volumeMounts", []).append({"name": ADAPTER_CACHE_VOLUME, "mountPath": folder})
+        predictor.setdefault("volumes", []).append({"name": ADAPTER_CACHE_VOLUME, "emptyDir": {}})
+    model["env"].append({"name": ENV_ADAPTER_CACHE, "value": folder})
+
+
+def _startup_probe(budget_s: int, config: RenderConfig) -> dict[str, Any]:
+    """The runtime's startup probe with a budget of `budget_s` (the progress deadline): it loads before it serves /health."""
+    period = config.startup_probe_period_s
+    return {
+        "httpGet": {"path": config.startup_probe_path, "port": config.startup_probe_port},
+        "periodSeconds": period,
+        "timeoutSeconds": min(5, period),
+        "failureThreshold": max(1, -(-budget_s // period)),
+    }
 
 
 def _resources(version: ModelTemplateVersion, config: RenderConfig) -> dict[str, dict[str, str]]:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from templates.schema import LABEL_VALUE_RE, SecretRef
+from templates.schema import LABEL_VALUE_RE, SecretRef, check_dns_label
 
 # Knative refuses a revision whose timeoutSeconds exceeds max-revision-timeout-seconds (600 by default):
 # manifests/knative raises it to this, the most request_timeout_s may be.
@@ -63,11 +63,22 @@ class ColdStart(BaseModel):
             raise ValueError(f"floor_s ({self.floor_s}) exceeds cap_s ({self.cap_s})")
         return self
 
+    def size_gb(self, model_size_gb: float | None) -> float:
+        return model_size_gb if model_size_gb is not None else self.default_model_size_gb
+
     def deadline_seconds(self, model_size_gb: float | None, local_source: bool = False) -> int:
-        size = model_size_gb if model_size_gb is not None else self.default_model_size_gb
+        """The progress deadline (and startup budget). The download term stays for a cached version: its first
+        replica fills the cache itself when the pre-download Job has not finished, and a deadline that kills that
+        fill would kill every retry too; a generous deadline only delays noticing a broken start."""
+        size = self.size_gb(model_size_gb)
         download = 0.0 if local_source else size / self.download_gb_per_s
         estimate = self.safety_factor * (self.base_s + download + size / self.load_gb_per_s)
         return int(min(self.cap_s, max(self.floor_s, round(estimate))))
+
+    def download_seconds(self, model_size_gb: float | None) -> int:
+        """How long a pre-download Job may run: `safety_factor x size/download`, at least `floor_s`, at most 4 x `cap_s`."""
+        estimate = self.safety_factor * self.size_gb(model_size_gb) / self.download_gb_per_s
+        return int(min(4 * self.cap_s, max(self.floor_s, round(estimate))))
 
 
 class RenderConfig(BaseModel):
@@ -100,6 +111,59 @@ class RenderConfig(BaseModel):
     # InferenceService annotation onto the Knative revision, so a changed value would roll the pods, unless
     # KServe's inferenceservice-config lists the key in serviceAnnotationDisallowedList (controller/README.md).
     adapters_annotation: bool = False
+    # The model cache (docs/cold-start.md). A version is cached when its storage.cache says so, or (left unset) when it is
+    # always hot (priority >= 2) or at least `cache_min_size_gb`: at the documented 0.1 GB/s a 10 GB model downloads
+    # for 100 s, as long as the rest of a start (base_s plus loading) takes, so from there on the download is at least
+    # half of a cold start; smaller models (embedders, rerankers, the tiny demo) are not worth a Job per version.
+    cache_min_size_gb: float = Field(default=10.0, gt=0)
+    # "job": a pre-download Job fills the model-cache PVC (the version's storage.cache_pvc, else `model_cache_pvc`) in each
+    # namespace the template is deployed to and in `cache_namespaces`; "localmodelcache": KServe's LocalModelCache
+    # (serving.kserve.io/v1alpha1) keeps a node-local copy on `local_model_node_groups`; "off": nothing is cached.
+    model_cache_mode: Literal["job", "localmodelcache", "off"] = "job"
+    model_cache_pvc: str | None = None  # a PVC of that name in every served namespace, for versions that name none
+    cache_namespaces: list[str] = Field(default_factory=list)  # warm these on publish too, before anything is deployed there
+    local_model_node_groups: list[str] = Field(default_factory=list)  # LocalModelNodeGroups (KServe uses the first)
+    # the pre-download Job: the runtime image (its `python -m runtimes cache-fill`) and what it may use
+    cache_fill_image: str = "ghcr.io/stokehold/stokehold-runtime:0.1.0"
+    cache_fill_cpu: str = "2"
+    cache_fill_memory: str = "4Gi"
+    cache_fill_backoff_limit: int = Field(default=3, ge=0, le=20)
+    cache_fill_ttl_s: int = Field(default=86_400, ge=0)  # a finished Job goes after a day; the filled cache stays
+    # Who downloads a cached version is the Job, or its first replica, not KServe's storage initializer, so they need the
+    # object store's credentials themselves: a Secret of this name in the model's namespace holding the variables
+    # kserve-storage reads (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, ...), rendered
+    # as an optional envFrom. None: the pods rely on their node's or service account's identity (IRSA, workload identity).
+    storage_secret: str | None = None
+    # the runtime's startup probe (the ClusterServingRuntime's, rendered with a budget from the model's size)
+    startup_probe_path: str = "/health"
+    startup_probe_port: int = Field(default=8080, ge=1, le=65535)
+    startup_probe_period_s: int = Field(default=10, ge=1, le=300)
+
+    @field_validator("model_cache_pvc")
+    @classmethod
+    def _cache_pvc(cls, v: str | None) -> str | None:
+        return None if v is None else check_dns_label(v, "model_cache_pvc")
+
+    @field_validator("storage_secret")
+    @classmethod
+    def _storage_secret(cls, v: str | None) -> str | None:
+        return None if v is None else check_dns_label(v, "storage_secret")
+
+    @field_validator("cache_namespaces")
+    @classmethod
+    def _cache_namespaces(cls, v: list[str]) -> list[str]:
+        return [check_dns_label(namespace, "cache_namespaces entry") for namespace in v]
+
+    @field_validator("local_model_node_groups")
+    @classmethod
+    def _node_groups(cls, v: list[str]) -> list[str]:
+        return [check_dns_label(group, "local_model_node_groups entry") for group in v]
+
+    @model_validator(mode="after")
+    def _local_model_cache(self) -> RenderConfig:
+        if self.model_cache_mode == "localmodelcache" and not self.local_model_node_groups:
+            raise ValueError("model_cache_mode 'localmodelcache' needs local_model_node_groups (the LocalModelNodeGroups to cache on)")
+        return self
 
     @model_validator(mode="after")
     def _runtime_nats_credentials(self) -> RenderConfig:

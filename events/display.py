@@ -102,7 +102,7 @@ def status_rows(summaries: list[DeploymentSummary]) -> list[list[Cell]]:
             row.template,
             str(row.version) if row.version is not None else "latest",
             Text(row.phase, style=_PHASE_STYLES.get(row.phase, "cyan")),
-            " ".join(filter(None, [row.url or row.reason, _adapters(row.adapters)])),
+            " ".join(filter(None, [row.url or row.reason, _adapters(row.adapters), f"cache: {row.cache}" if row.cache else ""])),
             _moment(row.updated),
         ]
         for row in summaries

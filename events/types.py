@@ -60,6 +60,7 @@ class EventKind(enum.StrEnum):
     DEPLOYMENT_READY = "deployment.ready"
     DEPLOYMENT_FAILED = "deployment.failed"
     LOAD_STATUS = "deployment.load_status"
+    VERSION_LOAD_STATUS = "template.version.load_status"
     ADAPTER_LOAD_STATUS = "deployment.adapter.load_status"
     EVENT_ACCEPTED = "event.accepted"
     EVENT_REJECTED = "event.rejected"
@@ -331,6 +332,8 @@ class DeploymentResumed(_DeploymentRef):
 
 class LoadStatus(enum.StrEnum):
     REQUESTED = "REQUESTED"
+    DOWNLOADING = "DOWNLOADING"  # a version's weights are being copied into the model cache
+    CACHED = "CACHED"  # they are there: a replica starting from zero downloads nothing
     LOADING = "LOADING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
@@ -362,6 +365,22 @@ class DeploymentFailed(_DeploymentStatus):
 class DeploymentLoadStatus(_DeploymentStatus):
     status: LoadStatus
     reason: str | None = None
+    replica: str | None = None  # set when a replica reports its own start (with `phases`)
+    # seconds from process start to the end of each start phase, e.g. {"imports": 9.1, "weights_loaded": 12.0, ...}
+    phases: dict[str, float] | None = None
+
+
+class VersionLoadStatus(_Data):
+    """A version's weights in the model cache: DOWNLOADING → CACHED | FAILED (with the reason), with bytes and seconds."""
+
+    template: str
+    version: int
+    content_hash: str | None = None
+    status: LoadStatus
+    reason: str | None = None
+    cache: str | None = None  # where the cached copy lives, e.g. "pvc://model-cache/models/…" or "LocalModelCache/<name>"
+    bytes: int | None = Field(default=None, ge=0)
+    seconds: float | None = Field(default=None, ge=0)
 
 
 class AdapterLoadStatusData(_DeploymentStatus):
@@ -407,6 +426,7 @@ DATA_MODELS: dict[EventKind, type[BaseModel]] = {
     EventKind.DEPLOYMENT_READY: DeploymentReady,
     EventKind.DEPLOYMENT_FAILED: DeploymentFailed,
     EventKind.LOAD_STATUS: DeploymentLoadStatus,
+    EventKind.VERSION_LOAD_STATUS: VersionLoadStatus,
     EventKind.EVENT_ACCEPTED: EventAccepted,
     EventKind.ADAPTER_PUBLISHED: AdapterVersionPublished,
     EventKind.ADAPTER_DELETED: AdapterVersionDeleted,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from events.adapters import AdapterBook, AdapterError, Target, check_files
-from events.codec import EventDecodeError, decode, encode
+from events.codec import EventDecodeError, decode
 from events.options import NatsOptions
 from events.types import (
     ADAPTER_KINDS,
@@ -37,16 +37,15 @@ from events.types import (
     DeploymentRequested,
     EventKind,
     LoadStatus,
-    status_subject,
 )
 from runtimes.engine_args import ENV_ADAPTER_CACHE, ENV_DEPLOYMENT, ENV_TEMPLATE, ENV_TEMPLATE_VERSION
+from runtimes.status import publish_status
 from templates.schema import LoraLimits
 
 logger = logging.getLogger("stokehold.runtime")
 
 ENV_REPLICA = "STOKEHOLD_REPLICA"
 DEFAULT_ADAPTER_CACHE = "/mnt/models-cache/adapters"
-STATUS_SOURCE = "/stokehold/runtime"
 DEFAULT_REPORT_EVERY_S = 30.0
 FOLLOWED_KINDS = ADAPTER_KINDS | {EventKind.DEPLOYMENT_REQUESTED, EventKind.DEPLOYMENT_DELETED}
 
@@ -243,8 +242,7 @@ async def follow(follower: AdapterFollower, options: NatsOptions, root: str = SU
     template = follower.settings.template
 
     async def publish(kind: EventKind, data: AdapterLoadStatusData) -> None:
-        headers, body = encode(kind, data, source=STATUS_SOURCE)
-        await js.publish(status_subject(template, kind, root), body, headers=headers)
+        await publish_status(js, template, kind, data, root)
 
     follower.publish = publish
     queue: asyncio.Queue[Any] = asyncio.Queue()

@@ -72,3 +72,9 @@ def head(ctx: typer.Context) -> None:
 def worker(ctx: typer.Context) -> None:
     """Join the head's Ray cluster and block: [--head-address HOST] [--ray-port N] (default $HEAD_SVC)."""
     _launch("worker", ctx)
+
+
+@serve_app.command("cache-fill", context_settings=PASS_THROUGH)
+def cache_fill(ctx: typer.Context) -> None:
+    """Fill a version's model-cache folder once (the pre-download Job): --source S --dest D --content-hash H --template T --version V."""
+    _launch("cache-fill", ctx)

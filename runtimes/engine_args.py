@@ -22,6 +22,11 @@ ENV_DEPLOYMENT = "STOKEHOLD_DEPLOYMENT"  # namespace/name
 ENV_TEMPLATE = "STOKEHOLD_TEMPLATE"
 ENV_TEMPLATE_VERSION = "STOKEHOLD_TEMPLATE_VERSION"
 ENV_ADAPTER_CACHE = "STOKEHOLD_ADAPTER_CACHE"  # relative adapter sources live here, downloads go here
+# cold start (docs/cold-start.md): a cached version's weights and its compile cache live on the model-cache volume
+ENV_MODEL_SOURCE = "STOKEHOLD_MODEL_SOURCE"  # where a cached version's weights come from (s3://, hf://, ...), filled once
+ENV_CONTENT_HASH = "STOKEHOLD_CONTENT_HASH"  # the version's content hash: part of every cache key
+ENV_COMPILE_CACHE = "STOKEHOLD_COMPILE_CACHE"  # root of the compile caches on the volume; the runtime picks the keyed folder
+MODEL_CACHE_MARKER = ".stokehold-cache.json"  # written last into a filled model folder: its presence means complete
 API_KEY_VOLUME = "stokehold-api-key"
 API_KEY_DIR = "/var/run/secrets/stokehold/api-key"
 API_KEY_FILE_NAME = "api-key"

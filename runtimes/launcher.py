@@ -11,18 +11,28 @@ imported before it is needed: Ray only when the plan uses it, vLLM only to serve
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 
 from runtimes.api_keys import ApiKeyFileError, load_api_keys
+from runtimes.compile_cache import CompileKey, KeptCompileCache, device_name, vllm_version
+from runtimes.engine_args import ENV_COMPILE_CACHE, ENV_CONTENT_HASH, ENV_MODEL_SOURCE, ENV_TEMPLATE, ENV_TEMPLATE_VERSION
+from runtimes.model_cache import CacheFillError, run_cache_fill
+from runtimes.model_cache import add_arguments as add_cache_fill_arguments
 from runtimes.plan import ENV_GPUS, ENV_HEAD_SVC, MODEL_FLAGS, LaunchPlan, PlanError, flag_value, plan_head, resolve_model
 from runtimes.ray_cluster import RayClusterError
 from runtimes.settings import RuntimeConfigError, RuntimeSettings
+from runtimes.start_phases import ReplicaRef, StartClock, StartTracker, logging_config
+from runtimes.status import StatusBus
 
 logger = logging.getLogger("stokehold.runtime")
 
@@ -32,6 +42,10 @@ DEFAULT_RAY_WAIT_SECONDS = 600.0
 CPU_KV_CACHE_GIB = "1"
 ENV_CPU_KV_CACHE = "VLLM_CPU_KVCACHE_SPACE"
 KV_CACHE_FLAGS = ("--kv-cache-memory-bytes",)
+
+
+class ModelCacheError(RuntimeError):
+    """The head could not fill the model cache (the download failed): exit 1, Kubernetes restarts the pod."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         "--ray-node-ip", default=os.environ.get("POD_IP"), help="this node's address for Ray (default: $POD_IP or Ray's choice)"
     )
     head.add_argument("--ray-wait-timeout", type=float, default=DEFAULT_RAY_WAIT_SECONDS, help="seconds to wait for all nodes and GPUs")
+    fill = roles.add_parser("cache-fill", help="fill a version's model cache folder once (the pre-download Job)", allow_abbrev=False)
+    add_cache_fill_arguments(fill)
     worker = roles.add_parser("worker", help="join the head's Ray cluster and block", allow_abbrev=False)
     worker.add_argument("--head-address", default=os.environ.get(ENV_HEAD_SVC), help="the head's host (default: $HEAD_SVC)")
     worker.add_argument("--ray-port", type=int, default=6379)
@@ -78,7 +94,7 @@ def _on_gpu() -> bool:
     return not current_platform.is_cpu()
 
 
-def _parse_vllm_args(argv: Sequence[str]) -> argparse.Namespace:
+def _parse_vllm_args(argv: Sequence[str], phase_sink: Path | None = None) -> argparse.Namespace:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
@@ -87,9 +103,31 @@ def _parse_vllm_args(argv: Sequence[str]) -> argparse.Namespace:
     cli_env_setup()  # type: ignore[no-untyped-call]
     parser = make_arg_parser(FlexibleArgumentParser(prog="stokehold runtime head", description="vLLM arguments"))  # type: ignore[no-untyped-call]
     args: argparse.Namespace = parser.parse_args(list(argv))
+    if phase_sink is not None:
+        _add_phase_logging(args, phase_sink)
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
     return args
+
+
+def _add_phase_logging(args: argparse.Namespace, sink: Path) -> None:
+    """vLLM's own logging configuration plus the start-phase handler, through its `--log-config-file` hook
+    (its engine and worker processes apply it too); a configuration the user gave is left alone."""
+    import vllm.envs as envs
+    from vllm.config.logging import LoggingConfig
+    from vllm.logger import DEFAULT_LOGGING_CONFIG
+
+    config = getattr(args, "logging_config", None) or LoggingConfig()
+    if getattr(args, "log_config_file", None) or config.pylogging_config_file or not config.configure_logging or config.formatter != "text":
+        return
+    level = getattr(args, "log_level", None) or config.log_level
+    dict_config = logging_config(DEFAULT_LOGGING_CONFIG, sink, str(level).upper())
+    for handler in dict_config["handlers"].values():
+        if handler.get("class") == "logging.StreamHandler":
+            handler["stream"] = envs.VLLM_LOGGING_STREAM
+    path = sink.with_suffix(".logging.json")
+    path.write_text(json.dumps(dict_config))
+    args.log_config_file = str(path)
 
 
 def build_plan(vllm_argv: Sequence[str], settings: RuntimeSettings, executor: str, on_gpu: bool) -> LaunchPlan:
@@ -110,14 +148,74 @@ def _interrupt_start(*_: object) -> None:
     raise KeyboardInterrupt("SIGTERM while starting")
 
 
+def fill_model_cache(vllm_argv: Sequence[str], env: Mapping[str, str], clock: StartClock) -> None:
+    """A cached version whose folder is not complete yet (the pre-download Job has not run or not finished):
+    fill it now, with the same code and lock as the Job. Nothing to do without STOKEHOLD_MODEL_SOURCE."""
+    source = env.get(ENV_MODEL_SOURCE, "").strip()
+    model = flag_value(vllm_argv, MODEL_FLAGS)
+    if not source or model is None:
+        return
+    content_hash = env.get(ENV_CONTENT_HASH, "").strip()
+    template = env.get(ENV_TEMPLATE, "").strip()
+    version = env.get(ENV_TEMPLATE_VERSION, "").strip()
+    if not content_hash or not template or not version.isdigit():
+        raise PlanError(f"${ENV_MODEL_SOURCE} needs ${ENV_CONTENT_HASH}, ${ENV_TEMPLATE} and a numeric ${ENV_TEMPLATE_VERSION}")
+    from runtimes.model_cache import CacheRefused, fill_with_status, is_cached
+
+    if is_cached(Path(model), content_hash):
+        return
+    logger.info("model cache %s is not complete: filling it from %s", model, source)
+    try:
+        fill_with_status(source, Path(model), content_hash=content_hash, template=template, version=int(version), env=env)
+    except CacheRefused as exc:
+        raise PlanError(str(exc)) from None
+    clock.mark("download")
+
+
+def compile_cache_for(plan: LaunchPlan, env: Mapping[str, str], on_gpu: bool) -> KeptCompileCache | None:
+    """The kept compile cache for this version and layout, when the controller mounted one."""
+    root = env.get(ENV_COMPILE_CACHE, "").strip()
+    content_hash = env.get(ENV_CONTENT_HASH, "").strip()
+    if not root or not content_hash:
+        return None
+    key = CompileKey(
+        content_hash=content_hash,
+        vllm_version=vllm_version(),
+        device=device_name(on_gpu),
+        tensor_parallel=plan.topology.tensor,
+        pipeline_parallel=plan.topology.pipeline,
+    )
+    cache = KeptCompileCache.open(Path(root), key, env, on_gpu)
+    logger.info("compile cache %s (%s)", cache.lease.folder, cache.lease.found.value)
+    return cache
+
+
 def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
+    # what the user set, before importing vLLM: that import fills in TORCHINDUCTOR_CACHE_DIR (torch's /tmp default)
+    user_env = dict(os.environ)
     started_at = _process_started_at()
+    clock = StartClock(started_at)
     settings = RuntimeSettings.from_env(os.environ)
     api_keys = load_api_keys(settings.api_key.get_secret_value() if settings.api_key else None, settings.api_key_file)
+    try:
+        fill_model_cache(vllm_argv, os.environ, clock)
+    except (CacheFillError, OSError) as exc:
+        raise ModelCacheError(f"cannot fill the model cache: {exc}") from None
     resolve_model(flag_value(vllm_argv, MODEL_FLAGS), os.path.exists)  # fail fast, before vLLM is imported
     on_gpu = _on_gpu()
     plan = build_plan(vllm_argv, settings, options.executor, on_gpu)
     os.environ.update(cpu_kv_cache_env(plan.vllm_argv, os.environ, on_gpu))
+    compile_cache = compile_cache_for(plan, user_env, on_gpu)
+    if compile_cache is not None:
+        os.environ.update(compile_cache.env())
+    phase_sink = Path(tempfile.mkdtemp(prefix="stokehold-start-")) / "engine-phases.jsonl"
+    start = StartTracker(
+        clock,
+        sink=phase_sink,
+        compile_cache=compile_cache,
+        replica=ReplicaRef.from_env(os.environ, socket.gethostname()),
+        bus=StatusBus.from_env(os.environ),
+    )
     logger.info(
         "model %s, task %s, executor %s (tensor %d x pipeline %d on %d node(s))",
         plan.model,
@@ -127,7 +225,7 @@ def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
         plan.topology.pipeline,
         plan.topology.nodes,
     )
-    args = _parse_vllm_args(plan.vllm_argv)
+    args = _parse_vllm_args(plan.vllm_argv, phase_sink)
     # nothing is in flight before the server runs (it installs the drain): stop at once, Ray head included
     signal.signal(signal.SIGTERM, _interrupt_start)
     with ExitStack() as stack:
@@ -142,7 +240,7 @@ def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
 
         from runtimes.server import serve
 
-        return uvloop.run(serve(args, settings, api_keys, started_at=started_at))
+        return uvloop.run(serve(args, settings, api_keys, started_at=started_at, start=start))
 
 
 def run_worker(options: argparse.Namespace) -> int:
@@ -165,8 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     options, rest = parser.parse_known_args(argv)
-    if options.role == "worker" and rest:
-        parser.error(f"unknown worker arguments: {' '.join(rest)}")
+    if options.role in ("worker", "cache-fill") and rest:
+        parser.error(f"unknown {options.role} arguments: {' '.join(rest)}")
+    if options.role == "cache-fill":
+        return run_cache_fill(options, os.environ)
     try:
         if options.role == "worker":
             return run_worker(options)
@@ -174,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PlanError, RuntimeConfigError, ApiKeyFileError) as exc:
         print(f"stokehold runtime: error: {exc}", file=sys.stderr)
         return 2
-    except RayClusterError as exc:
+    except (RayClusterError, ModelCacheError) as exc:
         print(f"stokehold runtime: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,6 +16,8 @@ REJECTION_REASONS = (
     "client_gone",
 )
 
+COMPILE_CACHE_RESULTS = ("hit", "miss", "corrupt")
+
 
 class RuntimeMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
@@ -44,8 +46,22 @@ class RuntimeMetrics:
         self.cold_start = Gauge(
             f"{PREFIX}_cold_start_seconds", "Seconds from process start until the server accepted requests", registry=registry
         )
+        self.start_phase = Gauge(
+            f"{PREFIX}_start_phase_seconds",
+            "Seconds from process start to the end of each start phase (download, imports, weights_loaded, engine_ready, first_generation)",
+            ["phase"],
+            registry=registry,
+        )
+        self.compile_cache = Counter(
+            f"{PREFIX}_compile_cache",
+            "Starts by what the kept compile cache gave: hit (reused), miss (compiled, now kept), corrupt (unusable: compiled again)",
+            ["result"],
+            registry=registry,
+        )
         self.draining = Gauge(f"{PREFIX}_draining", "1 after SIGTERM while in-flight requests finish", registry=registry)
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
         for result in ("ready", "not_ready"):
             self.readiness.labels(result)
+        for result in COMPILE_CACHE_RESULTS:
+            self.compile_cache.labels(result)

@@ -37,8 +37,10 @@ class ReadinessProbe:
         cache_seconds: float,
         timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        on_first_ready: Callable[[], None] | None = None,
     ) -> None:
         self._probe = probe
+        self._on_first_ready = on_first_ready  # the start's last phase: the first real generation
         self._metrics = metrics
         self._cache_seconds = cache_seconds
         self._timeout = timeout_seconds
@@ -70,6 +72,9 @@ class ReadinessProbe:
         except Exception as exc:  # any engine failure means "not ready", never a crashed probe
             result = Readiness(False, f"{type(exc).__name__}: {exc}", self._clock())
         self._metrics.readiness.labels("ready" if result.ready else "not_ready").inc()
+        if result.ready and self._on_first_ready is not None:
+            first, self._on_first_ready = self._on_first_ready, None
+            first()
         return result
 
 

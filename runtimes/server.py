@@ -13,6 +13,8 @@ import signal
 import socket
 import time
 from argparse import Namespace
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import uvicorn
@@ -27,6 +29,7 @@ from runtimes.grammar import guard_structured_outputs
 from runtimes.metrics import RuntimeMetrics
 from runtimes.readiness import ReadinessProbe, engine_probe
 from runtimes.settings import RuntimeSettings
+from runtimes.start_phases import StartClock, StartTracker
 
 logger = logging.getLogger("stokehold.runtime")
 # after the drain, uvicorn only closes idle keep-alive connections
@@ -94,7 +97,12 @@ def _uvicorn_config(app: Any, args: Namespace) -> uvicorn.Config:
 
 
 async def _build(
-    engine_client: Any, args: Namespace, settings: RuntimeSettings, api_keys: ApiKeys | None, metrics: RuntimeMetrics
+    engine_client: Any,
+    args: Namespace,
+    settings: RuntimeSettings,
+    api_keys: ApiKeys | None,
+    metrics: RuntimeMetrics,
+    on_first_ready: Callable[[], None] | None = None,
 ) -> tuple[FastAPI, RuntimeGate]:
     """vLLM's app and state, unchanged, behind the gate, plus /ready."""
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -114,7 +122,12 @@ async def _build(
         body_timeout_seconds=settings.body_timeout_seconds,
         served=served_paths(settings.task),
     )
-    probe = ReadinessProbe(engine_probe(engine_client, settings.task), metrics=metrics, cache_seconds=settings.ready_cache_seconds)
+    probe = ReadinessProbe(
+        engine_probe(engine_client, settings.task),
+        metrics=metrics,
+        cache_seconds=settings.ready_cache_seconds,
+        on_first_ready=on_first_ready,
+    )
     install_routes(app, gate, probe)
     return app, gate
 
@@ -167,21 +180,46 @@ async def _follow_adapters(args: Namespace, app: FastAPI) -> tuple[Any, asyncio.
     return await follow(follower, NatsOptions())
 
 
-async def serve(args: Namespace, settings: RuntimeSettings, api_keys: ApiKeys | None, *, started_at: float) -> int:
-    """Load the engine, serve until SIGTERM/SIGINT, drain, stop; the exit code (1: the engine died).
-    `api_keys`: None serves without a key. `started_at`: process start (epoch seconds)."""
+async def _start_engine(stack: AsyncExitStack, args: Namespace, start: StartTracker) -> Any:
+    """vLLM's engine client; a start that fails on the kept compile cache is retried once without it."""
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+
+    start.mark("imports")
+    try:
+        return await stack.enter_async_context(build_async_engine_client(args))
+    except Exception as exc:
+        if not start.engine_failed():
+            start.engine_gone()
+            raise
+        logger.warning("the engine failed to start on the kept compile cache (%s): set it aside, compiling again", exc)
+    try:
+        return await stack.enter_async_context(build_async_engine_client(args))
+    except BaseException:
+        start.engine_gone()
+        raise
+
+
+async def serve(
+    args: Namespace, settings: RuntimeSettings, api_keys: ApiKeys | None, *, started_at: float, start: StartTracker | None = None
+) -> int:
+    """Load the engine, serve until SIGTERM/SIGINT, drain, stop; the exit code (1: the engine died).
+    `api_keys`: None serves without a key. `started_at`: process start (epoch seconds). `start`: the start's
+    phases, compile cache and ready report (default: phases only)."""
     from vllm.entrypoints.launchers.launcher import NoSignalServer, setup_server
 
+    start = start or StartTracker(StartClock(started_at))
     _, sock = setup_server(args, reuse_port=False)
     metrics = RuntimeMetrics()
+    start.attach(metrics)
     try:
-        async with build_async_engine_client(args) as engine_client:
-            app, gate = await _build(engine_client, args, settings, api_keys, metrics)
+        async with AsyncExitStack() as stack:
+            engine_client = await _start_engine(stack, args, start)
+            start.engine_ready()
+            app, gate = await _build(engine_client, args, settings, api_keys, metrics, on_first_ready=start.first_generation)
             server = NoSignalServer(_uvicorn_config(gate, args))
             app.state.server = server  # vLLM's error handlers stop it when the engine dies
             following = await _follow_adapters(args, app)
-            cold_start = time.time() - started_at
+            cold_start = time.time() - start.clock.started_at
             metrics.cold_start.set(cold_start)
             logger.info("serving %s on %s:%s (cold start %.1f s)", args.served_model_name, args.host, args.port, cold_start)
             try:

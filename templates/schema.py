@@ -479,9 +479,25 @@ class Scaling(_Strict):
         return duration_seconds(self.keep_hot)
 
 
+# sources that can be copied into the model cache ahead of time; a local path, a pvc:// claim and an
+# oci:// modelcar are already where the pod reads them
+CACHEABLE_SCHEMES: Final = ("hf", "s3", "gs")
+
+
 class Storage(_Strict):
+    """Where a version's weights are kept. `cache`: copy them into the model cache when the version is published
+    (docs/cold-start.md), so that a replica starting from zero downloads nothing.
+
+    `cache` left out (null) leaves it to the controller: cached when the version is always hot
+    (`scaling.priority` >= 2) or at least 10 GB (`model_size_gb`; the controller's `cache_min_size_gb`), and
+    there is somewhere to cache: `cache_pvc`, the controller's `model_cache_pvc`, or KServe's LocalModelCache.
+    `true` asks for it (only hf://, s3:// and gs:// sources are cached), `false` never caches.
+    """
+
     cache_pvc: DnsLabel | None = None
     hf_token_secret: SecretRef | None = None
+    # like `serving`, left out of documents and the content hash while unset: older versions keep their hash
+    cache: bool | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @field_validator("cache_pvc")
     @classmethod
@@ -591,6 +607,12 @@ class VersionSpec(_Strict):
         if self.task != "generate" and (self.generation.chat_template or self.generation.prompt_format or self.generation.stop):
             raise ValueError(f"generation defaults do not apply to {POOLING_KINDS[self.task]} template (task = {self.task!r})")
         self._openai_surface()
+        if self.storage.cache and self.source_scheme not in CACHEABLE_SCHEMES:
+            raise ValueError(
+                f"storage.cache is true, but a {self.source_scheme} source is never copied into the model cache "
+                f"(only {', '.join(f'{s}://' for s in CACHEABLE_SCHEMES)} sources are): the pod reads it where it is; "
+                "leave storage.cache out"
+            )
         return self
 
     def _openai_surface(self) -> None:
@@ -751,6 +773,7 @@ def parse_version(document: Any, source: str = "template") -> ModelTemplateVersi
 __all__ = [
     "ALWAYS_HOT_PRIORITY",
     "API_VERSION",
+    "CACHEABLE_SCHEMES",
     "REASONING_PARSERS",
     "TOOL_CALL_PARSERS",
     "VERSION_MAX",

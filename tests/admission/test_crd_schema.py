@@ -116,7 +116,7 @@ def test_unknown_status_fields_are_kept_where_the_schema_preserves_them(kube: Ku
     [
         (lambda p: p.update(minReplicas="one"), "spec.predictor.minReplicas", "FieldValueTypeInvalid"),
         (lambda p: p["model"]["resources"]["limits"].update(cpu="lots"), "spec.predictor.model.resources.limits[cpu]", "FieldValueInvalid"),
-        (lambda p: p["model"]["env"].append(dict(p["model"]["env"][0])), "spec.predictor.model.env[3]", "FieldValueDuplicate"),
+        (lambda p: p["model"]["env"].insert(1, dict(p["model"]["env"][0])), "spec.predictor.model.env[1]", "FieldValueDuplicate"),
         (lambda p: p.update(scaleMetric="gpu"), "spec.predictor.scaleMetric", "FieldValueNotSupported"),
         (lambda p: p["model"].update(modelFormat={}), "spec.predictor.model.modelFormat.name", "FieldValueRequired"),
         (lambda p: p["model"].update(args="--x"), "spec.predictor.model.args", "FieldValueTypeInvalid"),

@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
-from controller.app import Controller
-from controller.cli import build_config
 from controller.config import ControllerConfig
 from events.types import DeploymentRequested, EventKind
+from tests.controller import inprocess
+from tests.controller.inprocess import kube_env, start
 from tests.controller.test_integration import Env, settled, tiny, wait_for
 from tests.k8s_emulator import KubernetesEmulator
 
@@ -26,42 +25,14 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def kube_config(env: Env, emulator: KubernetesEmulator, identity: str) -> ControllerConfig:
-    flags: dict[str, Any] = {
-        "nats.url": env.config.nats.url,
-        "stream": env.config.stream,
-        "subject_root": env.root,
-        "durable": "controller",
-        "sink": "kube",
-        "kubeconfig": emulator.kubeconfig,
-        "namespaces": ["llm"],
-        "leader_election": True,
-        "lease_namespace": "stokehold-system",
-        "lease_name": f"lease-{env.root}",
-        "identity": identity,
-        "metrics_host": "127.0.0.1",
-        "metrics_port": 0,
-        "resync_interval_s": 0,
-    }
-    return build_config(flags)
-
-
-async def start(config: ControllerConfig) -> tuple[Controller, asyncio.Task[None]]:
-    controller = Controller(config)
-    task = asyncio.create_task(controller.run())
-    await asyncio.wait({task, asyncio.create_task(controller.wait_started())}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    return controller, task
+    election = {"leader_election": True, "lease_namespace": "stokehold-system", "lease_name": f"lease-{env.root}", "identity": identity}
+    return inprocess.kube_config(env, emulator, ["llm"], **election)
 
 
 @pytest.fixture
 async def env(nats_server: Any, tmp_path: Path, k8s_emulator: KubernetesEmulator) -> AsyncIterator[Env]:
-    k8s_emulator.reset()
-    nc = await nats.connect(nats_server.url)
-    environment = Env(nats_server.url, tmp_path / "unused", nc)
-    await environment.listen()
-    yield environment
-    await nc.drain()
+    async for environment in kube_env(nats_server.url, tmp_path, k8s_emulator):
+        yield environment
 
 
 async def test_leader_writes_standby_takes_over_and_readiness_is_reported(env: Env, k8s_emulator: KubernetesEmulator) -> None:

@@ -23,6 +23,7 @@ from controller.render import (
     render_inference_service,
     scale_plan,
 )
+from controller.render_cache import cache_plan
 from controller.render_config import ColdStart, RenderConfig
 from controller.sinks.dir import to_yaml
 from controller.state import Deployment
@@ -140,8 +141,8 @@ def test_catalog_arithmetic(version: ModelTemplateVersion) -> None:
     else:
         assert predictor["minReplicas"] == spec.scaling.min_replicas
     assert predictor["minReplicas"] <= predictor["maxReplicas"]
-    if spec.source_scheme == "local":
-        assert "storageUri" not in model
+    if spec.source_scheme == "local" or cache_plan(version, CONFIG).mode == "job":
+        assert "storageUri" not in model  # the runtime reads the local path or the cached copy
     else:
         assert model["storageUri"] == spec.source
     if spec.resources.gpus:
@@ -184,7 +185,10 @@ def test_the_schema_check_catches_a_field_kubernetes_does_not_know() -> None:
 
 def test_serverless_annotations_suit_gpu_cold_starts() -> None:
     small, big = by_name("qwen3-32b-awq"), by_name("llama-3-3-70b-instruct")
-    small_annotations, big_annotations = rendered(small)["metadata"]["annotations"], rendered(big)["metadata"]["annotations"]
+    uncached = RenderConfig(model_cache_mode="off")  # each pod downloads: the deadline counts the download
+    small_annotations, big_annotations = (
+        render_inference_service(v, default_deployment(v), uncached)["metadata"]["annotations"] for v in (small, big)
+    )
     for found in (small_annotations, big_annotations):
         assert found["serving.kserve.io/deploymentMode"] == "Knative"  # KServe >= 0.16's name (tests/admission)
         assert found[INITIAL_SCALE_ANNOTATION] == "1"

@@ -2,7 +2,7 @@
 
     python -m tests.crds.trim <directory with serving.kserve.io_*.yaml> tests/crds/kserve-v0.16.0
 
-The sources are `config/crd/full/serving.kserve.io_{inferenceservices,servingruntimes,clusterservingruntimes}.yaml`
+The sources are `config/crd/full/serving.kserve.io_{inferenceservices,servingruntimes,clusterservingruntimes,localmodelcaches}.yaml`
 of the KServe repository at the pinned tag (see NOTICE). A schema node's `description` goes; a property
 that happens to be called `description` stays.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-KINDS = ("inferenceservices", "servingruntimes", "clusterservingruntimes")
+KINDS = ("inferenceservices", "servingruntimes", "clusterservingruntimes", "localmodelcaches")
 _SCHEMA_MAPS = ("properties", "patternProperties", "definitions")
 _SCHEMA_LISTS = ("anyOf", "allOf", "oneOf")
 _SCHEMA_ONE = ("items", "additionalProperties", "not", "additionalItems")

@@ -27,6 +27,7 @@ from events.types import (
     LoadStatus,
     TemplateVersionDeleted,
     TemplateVersionPublished,
+    VersionLoadStatus,
 )
 from templates.catalog import CATALOG_DIR, load_file
 
@@ -58,6 +59,15 @@ def sample(kind: EventKind) -> BaseModel:
         EventKind.DEPLOYMENT_READY: DeploymentReady.model_validate(status | {"url": "http://tiny-demo.llm.example.com"}),
         EventKind.DEPLOYMENT_FAILED: DeploymentFailed.model_validate(status | {"reason": "image pull failed"}),
         EventKind.LOAD_STATUS: DeploymentLoadStatus.model_validate(status | {"status": LoadStatus.LOADING}),
+        EventKind.VERSION_LOAD_STATUS: VersionLoadStatus(
+            template="tiny-demo",
+            version=1,
+            content_hash="sha256:" + "0" * 64,
+            status=LoadStatus.CACHED,
+            cache="pvc://model-cache/models/tiny-demo-1",
+            bytes=1024,
+            seconds=0.5,
+        ),
         EventKind.EVENT_ACCEPTED: EventAccepted(
             original_id="abc",
             original_type="dev.stokehold.deployment.requested",

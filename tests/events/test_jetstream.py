@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,18 @@ async def test_a_retried_publish_with_the_same_id_is_a_duplicate(nats_options: N
 
     assert (first.duplicate, retried.duplicate, fresh.duplicate) == (False, True, False)
     assert retried.sequence == first.sequence and fresh.sequence == first.sequence + 1
+
+
+async def test_local_server_takes_more_stream_reservations_than_the_free_disk() -> None:
+    """Stream max_bytes are reservations: by default JetStream refuses them past 75 % of the disk free at its
+    start, which made test modules that provision several times fail on a fuller disk."""
+    with LocalNatsServer() as server:
+        free = shutil.disk_usage(server.store_dir.parent).free
+        settings = StreamSettings()
+        per_provisioning = settings.max_bytes + 2 * settings.status_max_bytes
+        provisionings = free // per_provisioning + 2
+        async with nats_client(server.options()) as client:
+            js = client.jetstream()
+            for n in range(provisionings):
+                await provision_stream(js, settings.model_copy(update={"name": f"S{n}", "subject_root": f"r{n}"}))
+            assert len(await js.streams_info()) == 3 * provisionings

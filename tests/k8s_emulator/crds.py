@@ -26,3 +26,4 @@ def served_schema(crd: dict[str, Any]) -> dict[str, Any]:
 ISVC_CRD = load_crd("inferenceservices")
 SERVING_RUNTIME_CRD = load_crd("servingruntimes")
 CLUSTER_SERVING_RUNTIME_CRD = load_crd("clusterservingruntimes")
+LOCAL_MODEL_CACHE_CRD = load_crd("localmodelcaches")

@@ -13,12 +13,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tests.k8s_emulator.crds import CLUSTER_SERVING_RUNTIME_CRD, ISVC_CRD, SERVING_RUNTIME_CRD, served_schema
+import kubernetes_validate
+
+from tests.k8s_emulator.crds import CLUSTER_SERVING_RUNTIME_CRD, ISVC_CRD, LOCAL_MODEL_CACHE_CRD, SERVING_RUNTIME_CRD, served_schema
 
 Object = dict[str, Any]
 Validator = Callable[[Object], list[tuple[str, str]]]
-# A validating admission webhook: (new object, old object or None on create) → why it denies the request, or None.
-Webhook = Callable[[Object, Object | None], str | None]
+# A validating admission webhook: (new object, old object or None on create, the stored objects of the type) → why it
+# denies the request, or None.
+Webhook = Callable[[Object, Object | None, list[Object]], str | None]
+# the Kubernetes version whose OpenAPI schemas (kubernetes-validate's copies) built-in types are checked against
+KUBERNETES_SCHEMA_VERSION = "1.30.0"
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -177,7 +182,7 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 ISVC_WEBHOOK = "inferenceservice.kserve-webhook-server.validator"
 
 
-def _kserve_isvc_webhook(obj: Object, old: Object | None) -> str | None:
+def _kserve_isvc_webhook(obj: Object, old: Object | None, peers: list[Object]) -> str | None:
     """What KServe's InferenceService webhook (v0.16.0) refuses that a client of stokehold can send.
 
     - a name that is no DNS-1035 label (`validateInferenceServiceName`);
@@ -200,6 +205,31 @@ def _kserve_isvc_webhook(obj: Object, old: Object | None) -> str | None:
     if recorded and DEPLOYMENT_MODE_ANNOTATION in annotations and annotations[DEPLOYMENT_MODE_ANNOTATION] != recorded:
         return f"update rejected: deploymentMode cannot be changed from '{recorded}' to '{annotations[DEPLOYMENT_MODE_ANNOTATION]}'"
     return None
+
+
+LOCAL_MODEL_CACHE_WEBHOOK = "localmodelcache.kserve-webhook-server.validator"
+
+
+def _kserve_local_model_cache_webhook(obj: Object, old: Object | None, peers: list[Object]) -> str | None:
+    """KServe's LocalModelCache webhook (v0.16.0, `validateUniqueStorageURI`): one LocalModelCache per source URI."""
+    source = _get(obj, "spec", "sourceModelUri")
+    for peer in peers:
+        if _name(peer) != _name(obj) and _get(peer, "spec", "sourceModelUri") == source:
+            return f"LocalModelCache {_name(peer)} has the same StorageURI {source}"
+    return None
+
+
+def validate_openapi(obj: Object) -> list[tuple[str, str]]:
+    """A built-in type against Kubernetes' own OpenAPI schema (kubernetes-validate), strictly: an unknown field is refused.
+
+    Stricter than an API server, which drops unknown fields of built-in types with a warning; the first problem only.
+    """
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_SCHEMA_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(part) for part in exc.path) or "<root>"
+        return [(path, f"Invalid value: {exc.message}")]
+    return []
 
 
 def _validate_lease(obj: Object) -> list[tuple[str, str]]:
@@ -317,6 +347,33 @@ CLUSTER_SERVING_RUNTIMES = ResourceType(
     schema=served_schema(CLUSTER_SERVING_RUNTIME_CRD),
     verbs=("delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"),
 )
+LOCAL_MODEL_CACHES = ResourceType(
+    group="serving.kserve.io",
+    version="v1alpha1",
+    plural="localmodelcaches",
+    singular="localmodelcache",
+    kind="LocalModelCache",
+    namespaced=False,
+    custom=True,
+    status_subresource=True,
+    columns=(NAME_COLUMN, AGE_COLUMN),
+    schema=served_schema(LOCAL_MODEL_CACHE_CRD),
+    webhook=(LOCAL_MODEL_CACHE_WEBHOOK, _kserve_local_model_cache_webhook),
+    verbs=("delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"),
+)
+JOBS = ResourceType(
+    "batch",
+    "v1",
+    "jobs",
+    "job",
+    "Job",
+    True,
+    status_subresource=True,
+    categories=("all",),
+    columns=(NAME_COLUMN, AGE_COLUMN),
+    validate=validate_openapi,
+    verbs=("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"),
+)
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, columns=LEASE_COLUMNS, validate=_validate_lease)
 EVENTS = ResourceType("", "v1", "events", "event", "Event", True, short_names=("ev",), columns=EVENT_COLUMNS)
 NAMESPACES = ResourceType(
@@ -324,7 +381,7 @@ NAMESPACES = ResourceType(
     verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
 )  # fmt: skip
 
-BUILT_IN_TYPES = (NAMESPACES, EVENTS, LEASES, INFERENCE_SERVICES, SERVING_RUNTIMES, CLUSTER_SERVING_RUNTIMES)
+BUILT_IN_TYPES = (NAMESPACES, EVENTS, LEASES, JOBS, INFERENCE_SERVICES, SERVING_RUNTIMES, CLUSTER_SERVING_RUNTIMES, LOCAL_MODEL_CACHES)
 
 
 @dataclass

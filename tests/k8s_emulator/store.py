@@ -202,7 +202,7 @@ class ObjectStore:
             raise errors.invalid(rt.kind, str((obj.get("metadata") or {}).get("name", "")), rt.group, causes)
         if rt.webhook is not None and admission:
             name, rule = rt.webhook
-            denial = rule(obj, old)
+            denial = rule(obj, old, list(self._bucket(rt).values()))
             if denial is not None:
                 raise ApiError(403, f'admission webhook "{name}" denied the request: {denial}', reason="Forbidden")
 

@@ -23,6 +23,8 @@ EXPECTED_CLUSTER_RULES = [
         "resources": ["inferenceservices"],
         "verbs": ["get", "list", "watch", "create", "update", "delete"],
     },
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create"]},
+    {"apiGroups": ["serving.kserve.io"], "resources": ["localmodelcaches"], "verbs": ["get", "create"]},
 ]
 EXPECTED_NAMESPACE_RULES = [
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
@@ -190,7 +192,7 @@ def test_rbac_grants_exactly_what_the_controller_uses(overlay: str) -> None:
     cluster_verbs = {verb for rule in one(docs, "ClusterRole")["rules"] for verb in rule["verbs"]}
     assert "patch" not in cluster_verbs, "the controller replaces InferenceServices, it never patches them"
     resources = {resource for _, rule in _all_rules(docs) for resource in rule["resources"]}
-    assert resources == {"inferenceservices", "leases"}
+    assert resources == {"inferenceservices", "leases", "jobs", "localmodelcaches"}
 
 
 @pytest.mark.parametrize("overlay", INSTALLS)

@@ -226,6 +226,8 @@ class DocSession:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            # as typed in a terminal: a suite started in the background (`make test &`) ignores SIGINT, and so would the command
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         assert process.stdout is not None
         seen = []
@@ -235,7 +237,8 @@ class DocSession:
                 if line.startswith("following "):
                     os.killpg(process.pid, signal.SIGINT)
                     break
-            process.wait(COMMAND_LIMIT_S)
+            rest, _ = process.communicate(timeout=COMMAND_LIMIT_S)  # reading on: a full pipe would block its exit
+            seen.append(rest)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

@@ -15,6 +15,7 @@ from unittest import mock
 import pytest
 
 from controller.render import render_inference_service
+from controller.render_cache import cache_dir, cache_plan
 from controller.render_config import RenderConfig
 from controller.state import Deployment
 from runtimes.defaults import RequestDefaults, chat_template_for, generation_overrides
@@ -82,7 +83,10 @@ def test_rendered_service_reaches_the_engine(version: ModelTemplateVersion, runt
     spec, engine = version.spec, version.spec.engine
     plan, settings, args = launch(version, runtimes)
 
-    assert args.model == (spec.source if spec.source_scheme == "local" else MODEL_DIR)
+    if cache_plan(version, CONFIG).mode == "job":  # read from the model-cache volume, filled on publish
+        assert args.model == cache_dir(version, CONFIG)
+    else:
+        assert args.model == (spec.source if spec.source_scheme == "local" else MODEL_DIR)
     assert args.served_model_name == [version.served_model_name]
     assert args.port == 8080
     assert (args.tensor_parallel_size, args.pipeline_parallel_size) == (spec.parallelism.tensor, spec.parallelism.pipeline)

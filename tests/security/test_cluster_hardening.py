@@ -35,8 +35,33 @@ MODEL_NAMESPACE = "llm"
 _runs = itertools.count()
 
 
+CACHED = {"spec.source": "s3://models/rbac-cached", "spec.storage.cache": True, "spec.storage.cache_pvc": "model-cache"}
+
+
+async def _warm(kube: KubernetesEmulator, nats_url: str, cache_flags: dict[str, Any], resource: str) -> None:
+    """A controller in a cache mode publishes a cached version and deploys it: the cache object is created."""
+    root = f"rbac{next(_runs)}"
+    flags = on_kube(kube, nats_url, root) | {"namespaces": [MODEL_NAMESPACE]} | cache_flags
+    async with (
+        running_controller(flags) as controller,
+        await Publisher.connect(controller.config.nats, stream=root.upper(), subject_root=root) as publisher,
+    ):
+        await publisher.publish_version(version_document("rbac-cached", changes=CACHED))
+        await publisher.request_deployment("rbac-cached", namespace=MODEL_NAMESPACE)
+        created = lambda: any(r.verb == "create" and r.resource == resource for r in kube.requests())  # noqa: E731
+        await eventually(created, f"the {resource}", limit=20)
+
+
 async def _exercise(kube: KubernetesEmulator, nats_url: str) -> None:
-    """One controller through its whole life: lead, apply, stop, resume, watch a status, delete, step down."""
+    """One controller through its whole life: lead, apply, stop, resume, watch a status, delete, step down;
+    then the cache objects of both cache modes."""
+    await _lifecycle(kube, nats_url)
+    await _warm(kube, nats_url, {}, "jobs")
+    lmc = {"render.model_cache_mode": "localmodelcache", "render.local_model_node_groups": ["gpu-nodes"]}
+    await _warm(kube, nats_url, lmc, "localmodelcaches")
+
+
+async def _lifecycle(kube: KubernetesEmulator, nats_url: str) -> None:
     root = f"rbac{next(_runs)}"
     flags = {"leader_election": True, "lease_namespace": LEASE_NAMESPACE, "lease_name": root, "identity": "rbac-probe"}
     flags |= {"namespaces": [MODEL_NAMESPACE]}
@@ -95,6 +120,7 @@ def test_the_exercise_covers_every_kind_of_call(controller_calls: set[Call]) -> 
     seen = {(verb, resource) for verb, _, resource, _ in controller_calls}
     assert seen >= {("create", "inferenceservices"), ("update", "inferenceservices"), ("delete", "inferenceservices")}
     assert seen >= {("list", "inferenceservices"), ("watch", "inferenceservices"), ("get", "leases"), ("update", "leases")}
+    assert seen >= {("get", "jobs"), ("create", "jobs"), ("get", "localmodelcaches"), ("create", "localmodelcaches")}
 
 
 def test_every_call_the_controller_makes_is_granted(controller_calls: set[Call], rbac: list[dict[str, Any]]) -> None:
