@@ -7,6 +7,8 @@ Every start's phases are on /metrics, in order."""
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -31,10 +33,12 @@ def runtime_metrics(text: str) -> dict[tuple[str, str], float]:
 def start_once(model: Path, compile_root: Path, work: Path) -> tuple[dict[tuple[str, str], float], str]:
     """Start, wait for /ready (the first generation), read /metrics, stop. Returns the metrics and the log."""
     (work / "home").mkdir(parents=True)
-    (work / "tmp").mkdir()
+    # a short, fresh /tmp: vLLM binds ZMQ ipc sockets there, and a socket path has at most 107 bytes
+    # (pytest's tmp_path under a busy /tmp/pytest-of-root/pytest-NNN/ was too long)
+    tmp = Path(tempfile.mkdtemp(prefix="pod-"))
     env = {
         "HOME": str(work / "home"),
-        "TMPDIR": str(work / "tmp"),
+        "TMPDIR": str(tmp),
         "STOKEHOLD_COMPILE_CACHE": str(compile_root),
         "STOKEHOLD_CONTENT_HASH": HASH,
         "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -44,9 +48,12 @@ def start_once(model: Path, compile_root: Path, work: Path) -> tuple[dict[tuple[
     server = LocalServer(command, port, work / "server.log", env=env)
     for name in CACHE_VARIABLES:  # as in a fresh pod: none inherited (importing torch here sets TORCHINDUCTOR_CACHE_DIR)
         server.env.pop(name, None)
-    with server:
-        server.wait_until("/ready", START_TIMEOUT_S)
-        text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    try:
+        with server:
+            server.wait_until("/ready", START_TIMEOUT_S)
+            text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return runtime_metrics(text), server.log_path.read_text(errors="replace")
 
 
