@@ -8,9 +8,7 @@ and writes only what is missing: applying the same version again writes nothing.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from kubernetes.client import ApiClient, BatchV1Api, CustomObjectsApi
@@ -19,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from controller.labels import Object, is_managed
 from controller.render_cache import JOB_KIND, LMC_KIND
 from controller.sinks.base import PermanentSinkError, TransientSinkError
-from controller.sinks.kube import _client_with_pool, sink_error
+from controller.sinks.kube import PooledApi
 
 LMC_GROUP, LMC_VERSION, LMC_PLURAL = "serving.kserve.io", "v1alpha1", "localmodelcaches"
 
@@ -32,7 +30,7 @@ class CacheSink(Protocol):
     async def close(self) -> None: ...
 
 
-class KubeCacheSink:
+class KubeCacheSink(PooledApi):
     """`CacheSink` on the Kubernetes API: batch/v1 Jobs (namespaced) and LocalModelCaches (cluster-scoped)."""
 
     def __init__(
@@ -43,23 +41,9 @@ class KubeCacheSink:
         workers: int = 4,
         request_timeout: float | tuple[float, float] = (5.0, 30.0),
     ) -> None:
-        self.namespaces = frozenset(namespaces) if namespaces else None
-        self.request_timeout = request_timeout
-        self._client = _client_with_pool(api_client, workers)
+        super().__init__(api_client, namespaces=namespaces, workers=workers, request_timeout=request_timeout, thread_name="kube-cache-sink")
         self._batch = BatchV1Api(self._client)
         self._custom = CustomObjectsApi(self._client)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-cache-sink")
-
-    async def _call(self, what: str, fn: Callable[..., object], *args: Any, missing_ok: bool = False) -> Any:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, _request_timeout=self.request_timeout))
-        except ApiException as exc:
-            if missing_ok and exc.status == 404:
-                return None
-            raise sink_error(exc, what) from exc
-        except Exception as exc:
-            raise sink_error(exc, what) from exc
 
     async def ensure(self, obj: Object) -> bool:
         if not is_managed(obj):
@@ -101,7 +85,3 @@ class KubeCacheSink:
                 return False
             raise
         return True
-
-    async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(self._client.close)

@@ -190,26 +190,23 @@ def _client_with_pool(api_client: ApiClient, size: int) -> ApiClient:
 # ------------------------------------------------------------------------ sink
 
 
-class KubeSink:
-    """`Sink` on the Kubernetes API (`serving.kserve.io/v1beta1` InferenceServices)."""
+class PooledApi:
+    """What the Kubernetes sinks share: their own client and connection pool, worker threads for the blocking
+    client, the namespaces served, and one way to turn a failed call into a `SinkError`."""
 
     def __init__(
         self,
         api_client: ApiClient,
         *,
-        namespaces: Iterable[str] | None = None,
-        workers: int = 16,
-        request_timeout: float | tuple[float, float] = (5.0, 30.0),
+        namespaces: Iterable[str] | None,
+        workers: int,
+        request_timeout: float | tuple[float, float],
+        thread_name: str,
     ) -> None:
         self.namespaces = frozenset(namespaces) if namespaces else None
         self.request_timeout = request_timeout
         self._client = _client_with_pool(api_client, workers)
-        self._api = CustomObjectsApi(self._client)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-sink")
-        self._known: set[tuple[str, str]] = set()  # objects seen to exist (a hint only: every write is still checked)
-        # (namespace, name) → metadata and status of the object as last written, read or listed, as JSON:
-        # bytes hold nothing for the garbage collector to trace, however many objects the sink manages
-        self._remembered: dict[tuple[str, str], bytes] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
 
     async def _call(self, what: str, fn: Callable[..., object], *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
         """Run one client call on the pool; None for 404 when `missing_ok`, else errors become `SinkError`s."""
@@ -222,6 +219,29 @@ class KubeSink:
             raise sink_error(exc, what) from exc
         except Exception as exc:
             raise sink_error(exc, what) from exc
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._client.close)
+
+
+class KubeSink(PooledApi):
+    """`Sink` on the Kubernetes API (`serving.kserve.io/v1beta1` InferenceServices)."""
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        *,
+        namespaces: Iterable[str] | None = None,
+        workers: int = 16,
+        request_timeout: float | tuple[float, float] = (5.0, 30.0),
+    ) -> None:
+        super().__init__(api_client, namespaces=namespaces, workers=workers, request_timeout=request_timeout, thread_name="kube-sink")
+        self._api = CustomObjectsApi(self._client)
+        self._known: set[tuple[str, str]] = set()  # objects seen to exist (a hint only: every write is still checked)
+        # (namespace, name) → metadata and status of the object as last written, read or listed, as JSON:
+        # bytes hold nothing for the garbage collector to trace, however many objects the sink manages
+        self._remembered: dict[tuple[str, str], bytes] = {}
 
     def _check_namespace(self, namespace: str) -> None:
         if not namespace:
@@ -409,7 +429,3 @@ class KubeSink:
             token = (page.get("metadata") or {}).get("continue") or None
             if not token:
                 return found
-
-    async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(self._client.close)
