@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -47,6 +48,17 @@ from events.types import DeploymentApplied, DeploymentFailed, DeploymentLoadStat
 from templates.schema import ModelTemplateVersion
 
 log = logging.getLogger(__name__)
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """An API object's RFC 3339 timestamp (`2026-12-02T10:00:00Z`), None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 class Reporter(Protocol):
@@ -113,6 +125,7 @@ class Reconciler:
         self.cache_sink = cache_sink  # None: nothing warms the model cache ahead (replicas fill it themselves)
         self._warmed: set[tuple[str, str, str]] = set()  # (kind, namespace, name) of cache objects known to exist
         self._cache_reported: dict[tuple[str, str, str], str] = {}  # cache problems reported, by object: each reason once
+        self._awaiting_copies: set[tuple[str, str, str]] = set()  # LocalModelCaches not yet seen on all their nodes
         self.render_config = render_config
         self.reporter = reporter
         self.metrics = metrics or ControllerMetrics()
@@ -264,7 +277,11 @@ class Reconciler:
     async def _ensure_cached(self, version: ModelTemplateVersion, plan: CachePlan, obj: Object) -> None:
         metadata = obj["metadata"]
         key = (str(obj["kind"]), str(metadata.get("namespace", "")), str(metadata["name"]))
-        if key in self._warmed or self.cache_sink is None:
+        if self.cache_sink is None:
+            return
+        if key in self._warmed:
+            if key in self._awaiting_copies:
+                await self._check_copies(version, plan, obj, key)
             return
         where = f"{key[0]} {key[1]}/{key[2]}" if key[1] else f"{key[0]} {key[2]}"
         try:
@@ -276,11 +293,40 @@ class Reconciler:
             return
         self._warmed.add(key)
         self._cache_reported.pop(key, None)
-        if not created:
+        if created:
+            log.info("created %s for %s", where, version.ref, extra={"template": version.name, "version": version.version})
+        if plan.mode != "localmodelcache":  # a Job's filler reports its own progress
             return
-        log.info("created %s for %s", where, version.ref, extra={"template": version.name, "version": version.version})
-        if plan.mode == "localmodelcache":  # KServe downloads it; a Job's filler reports its own progress
+        self._awaiting_copies.add(key)
+        if created:
             await self._version_load_status(version, plan, LoadStatus.DOWNLOADING, None)
+        await self._check_copies(version, plan, obj, key)
+
+    async def _check_copies(self, version: ModelTemplateVersion, plan: CachePlan, obj: Object, key: tuple[str, str, str]) -> None:
+        """KServe copies a LocalModelCache's source onto its nodes: CACHED once every copy is there (read again on each
+        reconciliation of the template, the periodic resync included, until then); FAILED, once per reason, when one failed."""
+        assert self.cache_sink is not None
+        try:
+            live = await self.cache_sink.read(obj)
+        except Exception as exc:  # progress is information: read again on the next reconciliation
+            log.warning("could not read %s/%s: %s", key[0], key[2], exc, extra={"template": version.name})
+            return
+        status = (live or {}).get("status") or {}
+        copies = status.get("copies") or {}
+        total, available, failed = (int(copies.get(field) or 0) for field in ("total", "available", "failed"))
+        if total and available >= total:
+            self._awaiting_copies.discard(key)
+            created = parse_timestamp(((live or {}).get("metadata") or {}).get("creationTimestamp"))
+            seconds = None if created is None else max(0.0, (datetime.now(UTC) - created).total_seconds())
+            size = version.spec.model_size_gb
+            await self._version_load_status(
+                version, plan, LoadStatus.CACHED, None, size_bytes=None if size is None else int(size * 1e9), seconds=seconds
+            )
+        elif failed:
+            nodes = sorted(node for node, state in (status.get("nodeStatus") or {}).items() if state == "NodeDownloadError")
+            where = f" ({', '.join(nodes)})" if nodes else ""
+            reason = f"KServe could not copy {version.spec.source} to {failed} of {total} nodes{where}"
+            await self._cache_problem(version, plan, key, reason)
 
     async def _cache_problem(self, version: ModelTemplateVersion, plan: CachePlan, key: tuple[str, str, str], reason: str) -> None:
         if self._cache_reported.get(key) == reason:
@@ -289,7 +335,16 @@ class Reconciler:
         log.warning("model cache of %s: %s", version.ref, reason, extra={"template": version.name, "version": version.version})
         await self._version_load_status(version, plan, LoadStatus.FAILED, reason)
 
-    async def _version_load_status(self, version: ModelTemplateVersion, plan: CachePlan, status: LoadStatus, reason: str | None) -> None:
+    async def _version_load_status(
+        self,
+        version: ModelTemplateVersion,
+        plan: CachePlan,
+        status: LoadStatus,
+        reason: str | None,
+        *,
+        size_bytes: int | None = None,
+        seconds: float | None = None,
+    ) -> None:
         await self.reporter.report(
             EventKind.VERSION_LOAD_STATUS,
             VersionLoadStatus(
@@ -299,6 +354,8 @@ class Reconciler:
                 status=status,
                 reason=reason,
                 cache=cache_location(version, self.render_config, plan),
+                bytes=size_bytes,
+                seconds=seconds,
             ),
             version.name,
         )

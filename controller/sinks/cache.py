@@ -27,6 +27,10 @@ class CacheSink(Protocol):
         """Create `obj` unless an object of its kind and name exists (never updated); True when this call created it."""
         ...
 
+    async def read(self, obj: Object) -> Object | None:
+        """The live LocalModelCache of `obj`'s name, None when there is none: its status tells how far KServe's copy got."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -69,6 +73,15 @@ class KubeCacheSink(PooledApi):
                 return False
             return await self._create(where, self._custom.create_cluster_custom_object, LMC_GROUP, LMC_VERSION, LMC_PLURAL, obj)
         raise PermanentSinkError(f"not a model-cache object: kind {kind!r}")
+
+    async def read(self, obj: Object) -> Object | None:
+        if obj.get("kind") != LMC_KIND:
+            raise PermanentSinkError(f"only a LocalModelCache's progress is read, not a {obj.get('kind')!r}")
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        get = self._custom.get_cluster_custom_object
+        where = f"read LocalModelCache {name}"
+        live: Object | None = await self._call(where, get, LMC_GROUP, LMC_VERSION, LMC_PLURAL, name, missing_ok=True)
+        return live
 
     async def _create(self, where: str, fn: Callable[..., object], *args: Any) -> bool:
         try:

@@ -17,12 +17,13 @@ import pytest
 from controller.config import ControllerConfig
 from controller.render_cache import cache_dir, job_name, local_model_cache_name
 from controller.render_config import RenderConfig
-from events.types import DeploymentRequested, EventKind, LoadStatus, TemplateVersionPublished, VersionLoadStatus
+from events.types import DeploymentDeleted, DeploymentRequested, EventKind, LoadStatus, TemplateVersionPublished, VersionLoadStatus
 from templates.schema import parse_version
 from tests.controller import inprocess
 from tests.controller.inprocess import kube_env, start, stop
 from tests.controller.test_integration import TINY, Env, settled, wait_for
 from tests.k8s_emulator import KubernetesEmulator
+from tests.k8s_emulator.resources import LOCAL_MODEL_CACHES
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SOURCE = "s3://models/chat-small"
@@ -144,7 +145,7 @@ async def test_cache_true_with_nowhere_to_cache_is_said_on_the_status_events(env
         await stop(controller, task)
 
 
-async def test_local_model_cache_is_created_once_and_reported_downloading(env: Env, k8s_emulator: KubernetesEmulator) -> None:
+async def test_local_model_cache_is_created_once_and_reported_downloading_then_cached(env: Env, k8s_emulator: KubernetesEmulator) -> None:
     config = kube_config(env, k8s_emulator, model_cache_mode="localmodelcache", local_model_node_groups=["gpu-nodes"])
     controller, task = await start(config)
     try:
@@ -164,5 +165,28 @@ async def test_local_model_cache_is_created_once_and_reported_downloading(env: E
         await settled(controller, env)
         creates = [r for r in k8s_emulator.requests() if r.resource == "localmodelcaches" and r.verb == "create"]
         assert len(creates) == 1 and len(version_status(env)) == 1
+
+        # KServe reports its copies on the object; each reconciliation of the template reads them until all are there
+        nodes = {"gpu-a": "NodeDownloadError", "gpu-b": "NodeDownloading"}
+        failed = {"copies": {"available": 0, "failed": 1, "total": 2}, "nodeStatus": nodes}
+        k8s_emulator.store.set_status(LOCAL_MODEL_CACHES, "", name, failed)
+        await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="chat", namespace="team-b"), "chat")
+        failures = await wait_for(lambda: [s for s in version_status(env) if s.status is LoadStatus.FAILED], "FAILED from KServe's copies")
+        assert "1 of 2 nodes (gpu-a)" in (failures[0].reason or "") and SOURCE in (failures[0].reason or "")
+
+        done = {"copies": {"available": 2, "failed": 0, "total": 2}, "nodeStatus": {"gpu-a": "NodeDownloaded", "gpu-b": "NodeDownloaded"}}
+        k8s_emulator.store.set_status(LOCAL_MODEL_CACHES, "", name, done)
+        await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="chat", namespace="warm"), "chat")
+        cached = await wait_for(lambda: [s for s in version_status(env) if s.status is LoadStatus.CACHED], "CACHED from KServe's copies")
+        size = TINY.spec.model_size_gb
+        assert cached[0].cache == f"LocalModelCache/{name}" and cached[0].bytes == (None if size is None else int(size * 1e9))
+        assert cached[0].seconds is not None and cached[0].seconds >= 0
+        await settled(controller, env)
+        reads = len([r for r in k8s_emulator.requests() if r.resource == "localmodelcaches" and r.verb == "get"])
+        await env.publish(EventKind.DEPLOYMENT_DELETED, DeploymentDeleted(template="chat", namespace="warm"), "chat")
+        await settled(controller, env)
+        after = len([r for r in k8s_emulator.requests() if r.resource == "localmodelcaches" and r.verb == "get"])
+        assert after == reads, "once CACHED, later reconciliations read nothing"
+        assert [s.status for s in version_status(env)].count(LoadStatus.CACHED) == 1
     finally:
         await stop(controller, task)
