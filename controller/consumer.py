@@ -20,7 +20,8 @@ Order survives lost deliveries: fetches are sized in bytes, so the server does n
 controller off as a slow consumer; when deliveries are lost anyway (a gap in the durable
 consumer's delivery sequence), the state is rebuilt from the stream in order before
 anything more is handled, since the lost events come back only after their ack wait,
-behind later ones of their templates.
+behind later ones of their templates. The same holds when handling a template's group fails
+unexpectedly part-way: its events not yet reduced are retried, and the next group rebuilds first.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class EventConsumer:
         self._rebuilt = False
         self._reduced: set[int] = set()  # sequences reduced since the last rebuild and not settled yet
         self._last_delivery: int | None = None  # highest consumer sequence received
-        self._resequence_needed = False  # deliveries were lost and no rebuild has succeeded since
+        self._resequence_needed = False  # deliveries were lost or events retried unreduced, and no rebuild has succeeded since
         # events per fetch, fewer when they are large (`batch_for`); the first fetch is small, as their size is not known
         self._fetch_size = min(config.fetch_batch, FIRST_FETCH)
         self._fetch_bytes = FETCH_BYTES
@@ -285,6 +286,14 @@ class EventConsumer:
             self._last_delivery = max(delivered, self._last_delivery or 0)
         return lost
 
+    async def _in_sequence(self) -> None:
+        """Rebuild the state first if events may be missing from it or reduced out of order (raises when that fails)."""
+        if not self._resequence_needed:
+            return
+        async with self._state_gate:
+            if self._resequence_needed:
+                await self._resequence()
+
     async def _resequence(self) -> None:
         """Rebuild the state from the stream, in order, beside the live one; then swap it in (caller holds the gate).
 
@@ -369,9 +378,7 @@ class EventConsumer:
             self._resequence_needed = True
         if self._resequence_needed:
             try:
-                async with self._state_gate:
-                    if self._resequence_needed:
-                        await self._resequence()
+                await self._in_sequence()
             except Exception as exc:  # e.g. cut off again while reading: these events wait for a rebuild that succeeds
                 self._fetch_bytes = max(MIN_FETCH_BYTES, self._fetch_bytes // 2)
                 log.warning("rebuilding the state failed, retrying the events later: %s", exc)
@@ -409,10 +416,13 @@ class EventConsumer:
                 await self._handle_group(template, deliveries)
             except Exception:  # never let one template's bug stop the others: retry its events later
                 log.exception("unexpected error while handling events of %s", template)
+                # some of these were not reduced: a later event of the template must not be reduced before them
+                self._resequence_needed = True
                 for delivery in deliveries:
                     await self._retry(delivery, "error")
 
     async def _handle_group(self, template: str, deliveries: list[Delivery]) -> None:
+        await self._in_sequence()  # a group handled before this one, in a batch already in flight, may have failed
         accepted: list[Delivery] = []
         for delivery in deliveries:
             try:

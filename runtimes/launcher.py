@@ -208,27 +208,31 @@ def run_head(options: argparse.Namespace, vllm_argv: Sequence[str]) -> int:
     compile_cache = compile_cache_for(plan, user_env, on_gpu)
     if compile_cache is not None:
         os.environ.update(compile_cache.env())
-    phase_sink = Path(tempfile.mkdtemp(prefix="stokehold-start-")) / "engine-phases.jsonl"
-    start = StartTracker(
-        clock,
-        sink=phase_sink,
-        compile_cache=compile_cache,
-        replica=ReplicaRef.from_env(os.environ, socket.gethostname()),
-        bus=StatusBus.from_env(os.environ),
-    )
-    logger.info(
-        "model %s, task %s, executor %s (tensor %d x pipeline %d on %d node(s))",
-        plan.model,
-        settings.task,
-        plan.executor,
-        plan.topology.tensor,
-        plan.topology.pipeline,
-        plan.topology.nodes,
-    )
-    args = _parse_vllm_args(plan.vllm_argv, phase_sink)
-    # nothing is in flight before the server runs (it installs the drain): stop at once, Ray head included
-    signal.signal(signal.SIGTERM, _interrupt_start)
     with ExitStack() as stack:
+        # the engine and worker processes write their phases here; removed once they are gone
+        phase_sink = (
+            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stokehold-start-", ignore_cleanup_errors=True)))
+            / "engine-phases.jsonl"
+        )
+        start = StartTracker(
+            clock,
+            sink=phase_sink,
+            compile_cache=compile_cache,
+            replica=ReplicaRef.from_env(os.environ, socket.gethostname()),
+            bus=StatusBus.from_env(os.environ),
+        )
+        logger.info(
+            "model %s, task %s, executor %s (tensor %d x pipeline %d on %d node(s))",
+            plan.model,
+            settings.task,
+            plan.executor,
+            plan.topology.tensor,
+            plan.topology.pipeline,
+            plan.topology.nodes,
+        )
+        args = _parse_vllm_args(plan.vllm_argv, phase_sink)
+        # nothing is in flight before the server runs (it installs the drain): stop at once, Ray head included
+        signal.signal(signal.SIGTERM, _interrupt_start)
         if plan.uses_ray:
             from runtimes.ray_cluster import RayHead, disconnect, wait_for_cluster
 

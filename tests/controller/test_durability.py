@@ -25,7 +25,7 @@ from controller.metrics import ControllerMetrics
 from controller.publisher import NatsPublisher
 from controller.reconciler import Reconciler
 from controller.sinks.dir import DirSink
-from controller.state import DesiredState
+from controller.state import Change, DesiredState, InboundEvent
 from events.codec import encode
 from events.publisher import Publisher, PublishError
 from events.stream import StreamSettings, provision_stream
@@ -240,6 +240,39 @@ async def test_a_delivery_lost_on_the_way_is_applied_in_order_when_it_comes_back
     assert env.version_of("tiny-demo") == "2" and state.deployments[("default", "tiny-demo")].stopped
     assert metrics.order_rebuilds._value.get() == 1
     assert [v.version for v in state.versions.versions("tiny-demo")] == [1, 2] and env.dead_letters == []
+
+
+async def test_an_event_retried_unreduced_is_not_overtaken_by_a_later_one(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the poison storm under load: handling a template's group failed (a rebuild cut short by the
+    server) after some of its events were reduced and before others; those were retried, and a later event
+    of the template, in the next batch, was reduced first: a deployment pinned to a version not reduced yet
+    was dead-lettered. Here reducing version 2 fails once, as an unexpected error would."""
+    await provision_stream(env.js, settings_of(env))
+    state, metrics = DesiredState(allowed_namespaces=frozenset({"default"})), ControllerMetrics()
+    publisher = NatsPublisher(env.js, "/tests", env.root, metrics)
+    reconciler = Reconciler(state, DirSink(env.directory, fsync=False), env.config.render, publisher, metrics)
+    consumer = EventConsumer(env.js, env.config, state, reconciler, publisher, metrics, client=env.nc)
+    subscription = await consumer.subscribe()
+    await env.publish(EventKind.VERSION_PUBLISHED, tiny(1), "tiny-demo")
+    failing = await publish(env, EventKind.VERSION_PUBLISHED, tiny(2, max_tokens=64), "tiny-demo")
+    await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo", version=2), "tiny-demo")
+    reduce, failed = state.apply, list[int]()
+
+    def apply_failing_once(event: InboundEvent) -> Change:
+        if event.sequence == failing and not failed:
+            failed.append(event.sequence)
+            raise RuntimeError("an unexpected error while reducing")
+        return reduce(event)
+
+    monkeypatch.setattr(state, "apply", apply_failing_once)
+    first, second = await subscription.fetch(2, timeout=5), await subscription.fetch(1, timeout=5)
+    await consumer.handle(first)  # version 1 reduced, version 2 not: both retried
+    await consumer.handle(second)  # the deployment of version 2, next in the deliveries (no gap)
+    assert failed == [failing] and metrics.dead_letters._value.get() == 0, "the pinned deployment waited for its version"
+    assert state.deployments[("default", "tiny-demo")].version == 2 and env.version_of("tiny-demo") == "2"
+    assert metrics.order_rebuilds._value.get() == 1
+    await publisher.flush()
+    await subscription.unsubscribe()
 
 
 # ------------------------------------------------------- finding 5: sink I/O errors are transient

@@ -70,6 +70,7 @@ class Storm:
     poison: int
     ended: int
     letters: dict[int, str]
+    legitimate_letters: dict[int, str]  # what a failure shows first: why a legitimate event was dead-lettered
     log_bytes: int
     log: str
     desired_messages: int
@@ -77,6 +78,9 @@ class Storm:
     legitimate_settled_s: float
     all_settled_s: float
     alive: bool
+
+    def why(self) -> str:
+        return f"dead-lettered: {self.legitimate_letters}; wrong: {self.result.wrong[:10]}\n{self.log}"
 
     def figures(self) -> dict[str, object]:
         return {
@@ -151,6 +155,7 @@ async def run_storm(server: LocalNatsServer, emulator: KubernetesEmulator, log: 
         poison=len(poison_sequences),
         ended=sum(1 for sequence in poison_sequences if sequence in letters),
         letters=letters,
+        legitimate_letters={sequence: letters[sequence] for sequence in sequences.values() if sequence in letters},
         log_bytes=size_of(log) - log_before,
         log=controller.log_tail(),
         desired_messages=desired.messages,
@@ -167,7 +172,7 @@ async def test_a_poison_storm_ends_and_legitimate_events_flow(
     storm = await run_storm(nats_server, k8s_emulator, tmp_path / "controller.log", POISON, all_large=SOAK)
     figures.report(**storm.figures())  # type: ignore[arg-type]
     assert storm.alive, storm.log
-    assert storm.result.lost == 0 and storm.result.applied == LEGITIMATE, f"{storm.result.wrong[:10]}\n{storm.log}"
+    assert storm.result.lost == 0 and storm.result.applied == LEGITIMATE, storm.why()
     assert storm.ended == POISON == storm.poison, "every poison event ended as a dead letter"
     assert all(len(reason) <= MAX_REASON_CHARS for reason in storm.letters.values())
     assert storm.log_bytes <= (POISON + LEGITIMATE) * LOG_BYTES_PER_EVENT, f"{storm.log_bytes} bytes of log"
@@ -191,7 +196,7 @@ async def test_a_poison_storm_through_slow_consumer_cuts_loses_nothing(
     cuts, rebuilds = text.count("disconnected from NATS"), text.count("rebuilding the state from the stream")
     figures.report(**storm.figures(), server_max_pending=CUT_PENDING, cuts=cuts, order_rebuilds=rebuilds)  # type: ignore[arg-type]
     assert storm.alive, storm.log
-    assert storm.result.lost == 0 and storm.result.applied == LEGITIMATE, f"{storm.result.wrong[:10]}\n{storm.log}"
+    assert storm.result.lost == 0 and storm.result.applied == LEGITIMATE, storm.why()
     assert storm.ended == POISON_WITH_CUTS == storm.poison, "every poison event ended as a dead letter"
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,13 @@ import pytest
 from runtimes.compile_cache import COMPLETE_MARKER, CompileKey, CompileLease, Found, KeptCompileCache, acquire, cache_env
 
 KEY = CompileKey(content_hash="sha256:" + "a" * 64, vllm_version="0.32.0", device="cpu", tensor_parallel=1, pipeline_parallel=1)
+
+
+@pytest.fixture(autouse=True)
+def private_folders_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica that waited too long compiles into a private temporary folder: keep those out of /tmp."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
 
 
 def compiled(lease: CompileLease) -> CompileLease:
