@@ -215,16 +215,21 @@ async def test_an_event_whose_dead_letter_never_fits_ends_after_its_last_deliver
     assert poison == {"retried": 2.0, "gave_up": 1.0}
 
 
+async def consumer_alone(env: Env) -> tuple[DesiredState, ControllerMetrics, NatsPublisher, EventConsumer]:
+    """The consumer without the controller's fetch loop: a test hands it the batches, in the order it chooses."""
+    await provision_stream(env.js, settings_of(env))
+    state, metrics = DesiredState(allowed_namespaces=frozenset({"default"})), ControllerMetrics()
+    publisher = NatsPublisher(env.js, "/tests", env.root, metrics)
+    reconciler = Reconciler(state, DirSink(env.directory, fsync=False), env.config.render, publisher, metrics)
+    return state, metrics, publisher, EventConsumer(env.js, env.config, state, reconciler, publisher, metrics, client=env.nc)
+
+
 async def test_a_delivery_lost_on_the_way_is_applied_in_order_when_it_comes_back(env: Env) -> None:
     """Found by the poison storm at soak size: the server cut the controller off as a slow consumer, deliveries
     were lost, later events of their templates were handled first (a deployment request rejected for a version
     not seen yet, a stop for a deployment not seen yet), and the lost ones, back after their ack wait, were
     taken for redeliveries (below the template's high-water mark) and skipped."""
-    await provision_stream(env.js, settings_of(env))
-    state, metrics = DesiredState(allowed_namespaces=frozenset({"default"})), ControllerMetrics()
-    publisher = NatsPublisher(env.js, "/tests", env.root, metrics)
-    reconciler = Reconciler(state, DirSink(env.directory, fsync=False), env.config.render, publisher, metrics)
-    consumer = EventConsumer(env.js, env.config, state, reconciler, publisher, metrics, client=env.nc)
+    state, metrics, publisher, consumer = await consumer_alone(env)
     subscription = await consumer.subscribe()
     await env.publish(EventKind.VERSION_PUBLISHED, tiny(1), "tiny-demo")
     await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo"), "tiny-demo")
@@ -247,11 +252,7 @@ async def test_an_event_retried_unreduced_is_not_overtaken_by_a_later_one(env: E
     server) after some of its events were reduced and before others; those were retried, and a later event
     of the template, in the next batch, was reduced first: a deployment pinned to a version not reduced yet
     was dead-lettered. Here reducing version 2 fails once, as an unexpected error would."""
-    await provision_stream(env.js, settings_of(env))
-    state, metrics = DesiredState(allowed_namespaces=frozenset({"default"})), ControllerMetrics()
-    publisher = NatsPublisher(env.js, "/tests", env.root, metrics)
-    reconciler = Reconciler(state, DirSink(env.directory, fsync=False), env.config.render, publisher, metrics)
-    consumer = EventConsumer(env.js, env.config, state, reconciler, publisher, metrics, client=env.nc)
+    state, metrics, publisher, consumer = await consumer_alone(env)
     subscription = await consumer.subscribe()
     await env.publish(EventKind.VERSION_PUBLISHED, tiny(1), "tiny-demo")
     failing = await publish(env, EventKind.VERSION_PUBLISHED, tiny(2, max_tokens=64), "tiny-demo")
