@@ -141,6 +141,7 @@ class EventConsumer:
         self._reduced: set[int] = set()  # sequences reduced since the last rebuild and not settled yet
         self._last_delivery: int | None = None  # highest consumer sequence received
         self._resequence_needed = False  # deliveries were lost or events retried unreduced, and no rebuild has succeeded since
+        self._unreduced: set[str] = set()  # templates with events retried unreduced since the last rebuild
         # events per fetch, fewer when they are large (`batch_for`); the first fetch is small, as their size is not known
         self._fetch_size = min(config.fetch_batch, FIRST_FETCH)
         self._fetch_bytes = FETCH_BYTES
@@ -172,7 +173,8 @@ class EventConsumer:
         )
         read = 0
         loop = asyncio.get_running_loop()
-        last: int | None = None  # the ephemeral consumer's delivery sequence: a gap is a delivery lost on the way
+        # the ephemeral consumer's delivery sequence, from 1: a gap is a delivery lost on the way, the first ones included
+        last = 0
         try:
             pending = (await sub.consumer_info()).num_pending or 0
             stalled_since = loop.time()
@@ -192,7 +194,7 @@ class EventConsumer:
                 batch = batch_for(msgs, REBUILD_BATCH, self._fetch_bytes // 2)  # a rebuild reads while the consumer may be busy
                 for msg in msgs:
                     metadata = msg.metadata
-                    if last is not None and metadata.sequence.consumer != last + 1:
+                    if metadata.sequence.consumer != last + 1:
                         raise RebuildIncomplete(f"{metadata.sequence.consumer - last - 1} events lost on the way while reading")
                     last = metadata.sequence.consumer
                     pending = metadata.num_pending
@@ -203,8 +205,8 @@ class EventConsumer:
                         state.apply(to_inbound(msg.subject, msg.headers, msg.data, metadata.sequence.stream, self.config.subject_root))
             info = await sub.consumer_info()
             delivered = info.delivered.consumer_seq if info.delivered is not None else 0
-            if delivered != (last or 0):  # the last deliveries were lost: nothing came after them to show the gap
-                raise RebuildIncomplete(f"{delivered - (last or 0)} events lost on the way at the end of the stream")
+            if delivered != last:  # the last deliveries were lost: nothing came after them to show the gap
+                raise RebuildIncomplete(f"{delivered - last} events lost on the way at the end of the stream")
         except nats.errors.Error as exc:  # e.g. cut off while reading
             raise RebuildIncomplete(f"reading the stream failed: {exc}") from exc
         finally:
@@ -286,14 +288,6 @@ class EventConsumer:
             self._last_delivery = max(delivered, self._last_delivery or 0)
         return lost
 
-    async def _in_sequence(self) -> None:
-        """Rebuild the state first if events may be missing from it or reduced out of order (raises when that fails)."""
-        if not self._resequence_needed:
-            return
-        async with self._state_gate:
-            if self._resequence_needed:
-                await self._resequence()
-
     async def _resequence(self) -> None:
         """Rebuild the state from the stream, in order, beside the live one; then swap it in (caller holds the gate).
 
@@ -305,13 +299,14 @@ class EventConsumer:
         self.state.take(fresh)
         self._reduced.clear()
         self._resequence_needed = False
+        self._unreduced.clear()
         self.metrics.order_rebuilds.inc()
 
     # --------------------------------------------------------------- consume
 
     async def subscribe(self) -> JetStreamContext.PullSubscription:
         await self.junk.probe()
-        return await self.js.pull_subscribe(
+        sub = await self.js.pull_subscribe(
             self._filter,
             durable=self.config.durable,
             stream=self.config.stream,
@@ -328,6 +323,14 @@ class EventConsumer:
                 max_ack_pending=max(1000, self.config.fetch_batch * 4),
             ),
         )
+        # where the count of deliveries starts: the durable's deliveries so far (before this process, or this
+        # leadership term), so that losing the very first deliveries of this subscription is a gap too
+        try:
+            info = await sub.consumer_info()
+            self._last_delivery = info.delivered.consumer_seq if info.delivered is not None else 0
+        except (nats.errors.Error, TimeoutError):
+            self._last_delivery = None  # unknown: the first delivery received sets it
+        return sub
 
     async def run(self, stop: asyncio.Event, sub: JetStreamContext.PullSubscription | None = None) -> None:
         """Fetch and handle batches until `stop` is set; the batches in hand are always finished.
@@ -337,7 +340,6 @@ class EventConsumer:
         that template's group of the previous batch, so its events stay in stream order.
         """
         sub = sub or await self.subscribe()
-        self._last_delivery = None  # the first delivery of this subscription sets where the count starts
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
@@ -378,7 +380,9 @@ class EventConsumer:
             self._resequence_needed = True
         if self._resequence_needed:
             try:
-                await self._in_sequence()
+                async with self._state_gate:
+                    if self._resequence_needed:
+                        await self._resequence()
             except Exception as exc:  # e.g. cut off again while reading: these events wait for a rebuild that succeeds
                 self._fetch_bytes = max(MIN_FETCH_BYTES, self._fetch_bytes // 2)
                 log.warning("rebuilding the state failed, retrying the events later: %s", exc)
@@ -414,15 +418,22 @@ class EventConsumer:
         async with self._limit:
             try:
                 await self._handle_group(template, deliveries)
-            except Exception:  # never let one template's bug stop the others: retry its events later
-                log.exception("unexpected error while handling events of %s", template)
-                # some of these were not reduced: a later event of the template must not be reduced before them
+            except Exception as exc:  # never let one template's bug stop the others: retry its events later
+                if isinstance(exc, RebuildIncomplete | nats.errors.Error | TimeoutError):  # cut off while putting events in order
+                    log.warning("cannot put the events of %s in order yet, retrying them: %s", template, exc)
+                else:
+                    log.exception("unexpected error while handling events of %s", template)
+                # some of these were not reduced: no later event of the template before a rebuild has put them in order
                 self._resequence_needed = True
+                self._unreduced.add(template)
                 for delivery in deliveries:
                     await self._retry(delivery, "error")
 
     async def _handle_group(self, template: str, deliveries: list[Delivery]) -> None:
-        await self._in_sequence()  # a group handled before this one, in a batch already in flight, may have failed
+        if template in self._unreduced:  # its previous group failed after this batch was fetched: the next batch rebuilds first
+            for delivery in deliveries:
+                await self._settle(delivery.msg.nak(delay=self.config.retry_delay(delivery.deliveries)))
+            return
         accepted: list[Delivery] = []
         for delivery in deliveries:
             try:

@@ -20,7 +20,7 @@ import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 
-from controller.consumer import MAX_REASON_CHARS, EventConsumer
+from controller.consumer import MAX_REASON_CHARS, EventConsumer, RebuildIncomplete
 from controller.metrics import ControllerMetrics
 from controller.publisher import NatsPublisher
 from controller.reconciler import Reconciler
@@ -247,7 +247,8 @@ async def test_a_delivery_lost_on_the_way_is_applied_in_order_when_it_comes_back
     assert [v.version for v in state.versions.versions("tiny-demo")] == [1, 2] and env.dead_letters == []
 
 
-async def test_an_event_retried_unreduced_is_not_overtaken_by_a_later_one(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("later", ["in the next batch", "in a batch already in flight"])
+async def test_an_event_retried_unreduced_is_not_overtaken_by_a_later_one(env: Env, monkeypatch: pytest.MonkeyPatch, later: str) -> None:
     """Found by the poison storm under load: handling a template's group failed (a rebuild cut short by the
     server) after some of its events were reduced and before others; those were retried, and a later event
     of the template, in the next batch, was reduced first: a deployment pinned to a version not reduced yet
@@ -267,13 +268,60 @@ async def test_an_event_retried_unreduced_is_not_overtaken_by_a_later_one(env: E
 
     monkeypatch.setattr(state, "apply", apply_failing_once)
     first, second = await subscription.fetch(2, timeout=5), await subscription.fetch(1, timeout=5)
-    await consumer.handle(first)  # version 1 reduced, version 2 not: both retried
-    await consumer.handle(second)  # the deployment of version 2, next in the deliveries (no gap)
+    if later == "in the next batch":
+        await consumer.handle(first)  # version 1 reduced, version 2 not: both retried
+        await consumer.handle(second)  # the deployment of version 2, next in the deliveries (no gap): a rebuild first
+    else:
+        await asyncio.gather(consumer.handle(first), consumer.handle(second))  # the second waits for the first's group
+        assert ("default", "tiny-demo") not in state.deployments, "retried with the events it must follow"
+        redelivered: list[Msg] = []
+        while len(redelivered) < 3:
+            redelivered += await subscription.fetch(3 - len(redelivered), timeout=10)
+        await consumer.handle(redelivered)  # back after their nak delay: a rebuild first
     assert failed == [failing] and metrics.dead_letters._value.get() == 0, "the pinned deployment waited for its version"
     assert state.deployments[("default", "tiny-demo")].version == 2 and env.version_of("tiny-demo") == "2"
     assert metrics.order_rebuilds._value.get() == 1
     await publisher.flush()
     await subscription.unsubscribe()
+
+
+async def test_the_very_first_deliveries_lost_are_a_gap_too(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the poison storm under load: the count of deliveries started at the first one received, so
+    losing the first deliveries of a subscription (the durable's after a start, or a rebuild's own) showed no
+    gap. The rebuild then gave a state without those events (the junk deleted ahead of them, they were the
+    legitimate versions), and the next deployment requests and stops were dead-lettered."""
+    state, metrics, publisher, consumer = await consumer_alone(env)
+    subscription = await consumer.subscribe()
+    await env.publish(EventKind.VERSION_PUBLISHED, tiny(1), "tiny-demo")
+    await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo"), "tiny-demo")
+    batch = await subscription.fetch(2, timeout=5)
+    await consumer.handle(batch[1:])  # the first delivery of the durable lost on the way
+    assert metrics.dead_letters._value.get() == 0 and env.version_of("tiny-demo") == "1"
+    assert metrics.order_rebuilds._value.get() == 1
+    await publisher.flush()
+    await subscription.unsubscribe()
+
+    subscribe, dropped = env.js.pull_subscribe, list[int]()
+
+    async def losing_the_first_delivery(*args: Any, **kwargs: Any) -> Any:
+        sub = await subscribe(*args, **kwargs)
+        fetch = sub.fetch
+
+        async def fetch_losing_the_first(*fetch_args: Any, **fetch_kwargs: Any) -> list[Msg]:
+            msgs: list[Msg] = await fetch(*fetch_args, **fetch_kwargs)
+            if not dropped:
+                dropped.append(msgs[0].metadata.sequence.stream)
+                return msgs[1:]
+            return msgs
+
+        sub.fetch = fetch_losing_the_first
+        return sub
+
+    monkeypatch.setattr(env.js, "pull_subscribe", losing_the_first_delivery)
+    with pytest.raises(RebuildIncomplete, match="lost on the way"):
+        await consumer.rebuild(into=state.cleared())
+    fresh = state.cleared()
+    assert await consumer.rebuild(into=fresh) == 2 and fresh.versions.latest("tiny-demo") is not None, "read whole the next time"
 
 
 # ------------------------------------------------------- finding 5: sink I/O errors are transient
