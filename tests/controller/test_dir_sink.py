@@ -88,6 +88,31 @@ def set_immutable(path: Path, on: bool) -> bool:
     return done.returncode == 0
 
 
+FILE_IN_THE_WAY, IMMUTABLE = "file in the way", "immutable directory"
+
+
+def block(directory: Path, how: str) -> str:
+    """Make `directory` refuse writes even to root; returns how it was done.
+
+    IMMUTABLE is `chattr +i` (EPERM); where the tool, CAP_LINUX_IMMUTABLE or the file system's support
+    is missing, the directory is blocked the other real way instead, FILE_IN_THE_WAY (ENOTDIR/EEXIST).
+    """
+    if how == IMMUTABLE and set_immutable(directory, True):
+        return IMMUTABLE
+    directory.rename(directory.with_name(directory.name + ".saved"))
+    directory.write_text("a file where the directory should be")
+    return FILE_IN_THE_WAY
+
+
+def unblock(directory: Path, how: str) -> None:
+    """Undo `block`; `how` is what it returned."""
+    if how == IMMUTABLE:
+        set_immutable(directory, False)
+        return
+    directory.unlink()
+    directory.with_name(directory.name + ".saved").rename(directory)
+
+
 @pytest.mark.parametrize(
     "code", [errno.EPERM, errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOTDIR, errno.EISDIR, errno.EEXIST]
 )
@@ -119,19 +144,19 @@ async def test_a_file_where_the_namespace_directory_should_be_is_transient(tmp_p
 
 
 async def test_an_immutable_directory_is_transient(tmp_path: Path) -> None:
-    """A real EPERM even for root: `chattr +i` (needs CAP_LINUX_IMMUTABLE and a file system that has the attribute)."""
+    """A real EPERM even for root: `chattr +i` (needs CAP_LINUX_IMMUTABLE and a file system that has the
+    attribute; without them, the directory is blocked by a file in its place, a real ENOTDIR)."""
     sink = DirSink(tmp_path)
     assert await sink.apply(isvc()) is ApplyAction.CREATED
     directory = tmp_path / "llm"
-    if not set_immutable(directory, True):
-        pytest.skip("chattr +i is not available here")
+    how = block(directory, IMMUTABLE)
     try:
-        with pytest.raises(TransientSinkError, match="not permitted"):
+        with pytest.raises(TransientSinkError, match="not permitted" if how == IMMUTABLE else "Not a directory"):
             await sink.apply(isvc(stopped=True))
         with pytest.raises(TransientSinkError):
             await sink.apply(isvc(name="second"))
     finally:
-        set_immutable(directory, False)
+        unblock(directory, how)
     assert await sink.apply(isvc(stopped=True)) is ApplyAction.UPDATED
 
 

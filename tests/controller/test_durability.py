@@ -41,7 +41,7 @@ from events.types import (
     stream_name,
     template_subject,
 )
-from tests.controller.test_dir_sink import hostile_directory, set_immutable
+from tests.controller.test_dir_sink import FILE_IN_THE_WAY, IMMUTABLE, block, hostile_directory, unblock
 from tests.controller.test_integration import CATALOG, Env, env, settled, tiny, wait_for
 from tests.fixtures.controller_process import ControllerProcess
 
@@ -327,23 +327,7 @@ async def test_the_very_first_deliveries_lost_are_a_gap_too(env: Env, monkeypatc
 # ------------------------------------------------------- finding 5: sink I/O errors are transient
 
 
-def block(directory: Path, how: str) -> None:
-    if how == "file in the way":
-        directory.rename(directory.with_name(directory.name + ".saved"))
-        directory.write_text("a file where the namespace directory should be")
-    elif not set_immutable(directory, True):
-        pytest.skip("chattr +i is not available here")
-
-
-def unblock(directory: Path, how: str) -> None:
-    if how == "file in the way":
-        directory.unlink()
-        directory.with_name(directory.name + ".saved").rename(directory)
-    else:
-        set_immutable(directory, False)
-
-
-@pytest.mark.parametrize("how", ["file in the way", "immutable directory"])
+@pytest.mark.parametrize("how", [FILE_IN_THE_WAY, IMMUTABLE])
 async def test_an_unusable_directory_loses_no_update_and_is_written_as_soon_as_it_recovers(env: Env, how: str) -> None:
     """Finding 5: EPERM dead-lettered a deployment and acknowledged a version update that was then lost; nothing was
     retried until the 10-minute resync. Here the resync is off and no event follows the repair."""
@@ -353,7 +337,7 @@ async def test_an_unusable_directory_loses_no_update_and_is_written_as_soon_as_i
         await env.publish(EventKind.VERSION_PUBLISHED, tiny(1), "tiny-demo")
         await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo"), "tiny-demo")
         await settled(controller, env, lambda: env.version_of("tiny-demo") == "1")
-        block(directory, how)
+        how = block(directory, how)
         try:
             await env.publish(EventKind.VERSION_PUBLISHED, tiny(2, max_tokens=64), "tiny-demo")
             await env.publish(EventKind.DEPLOYMENT_REQUESTED, DeploymentRequested(template="tiny-demo", name="second"), "tiny-demo")
