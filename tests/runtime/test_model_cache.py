@@ -4,7 +4,6 @@ again; a destination outside the cache is refused; DOWNLOADING → CACHED | FAIL
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -15,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from events.local_server import LocalNatsServer
-from events.reader import replay
-from events.types import LoadStatus, VersionLoadStatus, status_filter
+from events.types import LoadStatus, VersionLoadStatus
 from runtimes.engine_args import MODEL_CACHE_MARKER
 from runtimes.launcher import fill_model_cache
 from runtimes.model_cache import CacheFillError, CacheRefused, cached_dir, fill, fill_with_status, is_cached, read_marker
 from runtimes.start_phases import StartClock
-from tests.fixtures.nats import run_in_thread
+from tests.fixtures.nats import stored_statuses
 from tests.fixtures.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,15 +184,6 @@ def test_the_head_fills_a_missing_cache_before_serving_and_times_it(tmp_path: Pa
     assert "download" not in again.phases  # the marker was there: nothing to fill
 
 
-async def stored_version_statuses(server: LocalNatsServer) -> list[VersionLoadStatus]:
-    client = await server.options().connect()
-    try:
-        async with contextlib.aclosing(replay(client, status_filter())) as items:
-            return [item.event.data async for item in items if item.event is not None and isinstance(item.event.data, VersionLoadStatus)]
-    finally:
-        await client.close()
-
-
 @pytest.mark.usefixtures("clean_stream")
 def test_cached_and_failed_statuses_reach_the_bus(s3: tuple[S3Server, str], tmp_path: Path, nats_server: LocalNatsServer) -> None:
     _, source = s3
@@ -205,7 +194,7 @@ def test_cached_and_failed_statuses_reach_the_bus(s3: tuple[S3Server, str], tmp_
     with pytest.raises(CacheFillError):
         fill_with_status("s3://no-such-bucket/tiny", missing, content_hash=HASH, template=TEMPLATE, version=4, env=env)
 
-    statuses = run_in_thread(stored_version_statuses(nats_server))
+    statuses = stored_statuses(nats_server, VersionLoadStatus)
 
     assert [(s.version, s.status) for s in statuses] == [
         (3, LoadStatus.DOWNLOADING),

@@ -4,7 +4,6 @@ the order of the phases, and the replica's ready report on a real nats-server.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from events.local_server import LocalNatsServer
-from events.reader import replay
-from events.types import DeploymentLoadStatus, LoadStatus, status_filter
+from events.types import DeploymentLoadStatus, LoadStatus
 from runtimes.metrics import RuntimeMetrics
 from runtimes.start_phases import (
     PHASES,
@@ -27,7 +25,7 @@ from runtimes.start_phases import (
     read_events,
 )
 from runtimes.status import StatusBus
-from tests.fixtures.nats import run_in_thread
+from tests.fixtures.nats import run_in_thread, stored_statuses
 
 
 def events(*names: str) -> list[EngineEvent]:
@@ -106,15 +104,7 @@ def test_a_replica_publishes_its_phases_when_first_ready(nats_server: LocalNatsS
 
     run_in_thread(become_ready())
 
-    async def stored() -> list[DeploymentLoadStatus]:
-        client = await nats_server.options().connect()
-        try:
-            async with contextlib.aclosing(replay(client, status_filter())) as items:
-                return [i.event.data async for i in items if i.event is not None and isinstance(i.event.data, DeploymentLoadStatus)]
-        finally:
-            await client.close()
-
-    (report,) = run_in_thread(stored())
+    (report,) = stored_statuses(nats_server, DeploymentLoadStatus)
     assert (report.namespace, report.name, report.template, report.version) == ("team-a", "chat", "tiny-demo", 3)
     assert report.status is LoadStatus.SUCCEEDED and report.replica == "chat-predictor-abc"
     assert report.phases is not None and list(report.phases) == ["imports", "engine_ready", "first_generation"]
