@@ -21,7 +21,7 @@ controller off as a slow consumer; when deliveries are lost anyway (a gap in the
 consumer's delivery sequence), the state is rebuilt from the stream in order before
 anything more is handled, since the lost events come back only after their ack wait,
 behind later ones of their templates. The same holds when handling a template's group fails
-unexpectedly part-way: its events not yet reduced are retried, and the next group rebuilds first.
+unexpectedly part-way: its events not yet reduced are retried, and the next batch rebuilds first.
 """
 
 from __future__ import annotations
